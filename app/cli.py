@@ -1,0 +1,34 @@
+"""The ``sds3d`` command line: one tyro subcommand per job.
+
+Each subcommand is a dataclass in ``app/commands/`` with a ``run() -> int`` method. Command modules
+import heavy libraries (torch, diffusers) inside ``run`` so that ``sds3d --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import tyro
+
+from app.commands.prior import PriorCommand
+from recon.errors import UserError
+
+Commands = Annotated[PriorCommand, tyro.conf.subcommand("prior")]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``sds3d`` console script."""
+    command = tyro.cli(Commands, args=argv, prog="sds3d")
+    try:
+        return int(command.run() or 0)
+    except UserError as err:
+        print(f"sds3d: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sds3d: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
