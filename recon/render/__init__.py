@@ -139,6 +139,7 @@ def rasterization(
     meta = {
         "means2d": proj.means2d,
         "radii": proj.radii,
+        "gaussian_ids": None,  # not packed
         "depths": proj.depths,
         "conics": proj.conics,
         "width": width,
@@ -207,4 +208,47 @@ class RenderOutput:
     meta: dict[str, Any]
 
 
-__all__ = ["rasterization", "resolve_backend", "RenderOutput", "RenderMode", "Backend"]
+def render_gaussians(
+    model,  # recon.gaussians.GaussianModel
+    cameras,  # recon.cameras.Cameras
+    background: Tensor | float | None = 1.0,
+    with_depth: bool = False,
+    backend: Backend = "auto",
+    sh_degree: int | None = None,
+) -> RenderOutput:
+    """Renders a :class:`~recon.gaussians.GaussianModel` from :class:`~recon.cameras.Cameras`.
+
+    Args:
+        model: The Gaussians.
+        cameras: The cameras (one image size).
+        background: RGB background (a float for gray levels, ``[3]`` or ``[C, 3]``), ``None`` for black.
+        with_depth: Also return expected z-depth (``RGB+ED``).
+        backend: Render backend (see the module docstring).
+        sh_degree: SH degree to evaluate (default: all the model has).
+
+    Returns:
+        The images, alpha, optional depth and the rasterizer's ``meta``.
+    """
+    device = model.means.device
+    if background is not None and not isinstance(background, Tensor):
+        background = torch.full((3,), float(background), device=device)
+    render, alpha, meta = rasterization(
+        means=model.means,
+        quats=model.quats,
+        scales=model.scales,
+        opacities=model.opacities,
+        colors=model.sh_coeffs,
+        viewmats=cameras.viewmats().to(device),
+        Ks=cameras.Ks().to(device),
+        width=cameras.width,
+        height=cameras.height,
+        sh_degree=model.sh_degree if sh_degree is None else sh_degree,
+        backgrounds=background,
+        render_mode="RGB+ED" if with_depth else "RGB",
+        backend=backend,
+    )
+    depth = render[..., 3:4] if with_depth else None
+    return RenderOutput(rgb=render[..., :3], alpha=alpha, depth=depth, meta=meta)
+
+
+__all__ = ["rasterization", "render_gaussians", "resolve_backend", "RenderOutput", "RenderMode", "Backend"]

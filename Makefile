@@ -1,0 +1,45 @@
+# sds3d — set-up, tests and the main job. Every target works on a fresh Debian/Ubuntu machine.
+SHELL := /bin/bash
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# CPU wheel of torch when no NVIDIA driver is present (a plain `torch` pulls a multi-GB CUDA build).
+TORCH_CPU ?= torch==2.13.0
+APT_PACKAGES ?=
+
+.PHONY: install system-deps test lint demo bench clean
+
+install: $(BIN)/sds3d
+
+$(BIN)/sds3d: pyproject.toml
+	@$(MAKE) --no-print-directory system-deps
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then \
+	  $(BIN)/python -m pip install -q torch; \
+	else \
+	  $(BIN)/python -m pip install -q $(TORCH_CPU); \
+	fi
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	@touch $(BIN)/sds3d
+
+system-deps:
+	@if [ -n "$(strip $(APT_PACKAGES))" ]; then \
+	  missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	  if [ -n "$$missing" ]; then \
+	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	  fi; \
+	fi
+
+test: install
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+bench: install
+	$(BIN)/python bench/render.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

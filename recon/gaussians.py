@@ -1,0 +1,355 @@
+"""The 3D Gaussian Splatting parameter set, its initialisers, densification and file I/O.
+
+Parameters live in a ``torch.nn.ParameterDict`` with gsplat's key names, so gsplat's strategies
+(densify / prune / reset-opacity) work on it directly:
+
+* ``means``     ``[N, 3]``  centers
+* ``scales``    ``[N, 3]``  log standard deviations
+* ``quats``     ``[N, 4]``  rotations (w, x, y, z), unnormalized
+* ``opacities`` ``[N]``     logit opacities
+* ``sh0``       ``[N, 1, 3]`` degree-0 SH coefficient (DC)
+* ``shN``       ``[N, K-1, 3]`` higher SH coefficients, ``K = (sh_degree + 1)²``
+
+Files: the standard 3DGS PLY layout (``x y z nx ny nz f_dc_0..2 f_rest_* opacity scale_0..2
+rot_0..3``, raw logit/log/wxyz values, ``f_rest`` channel-major as in the reference code and
+gsplat's exporter) and the ``.splat`` format of antimatter15's web viewer (32 bytes a splat).
+
+Densification: gsplat's ``DefaultStrategy`` (clone / split / prune / opacity reset) runs on CPU and
+is used as is. gsplat's ``MCMCStrategy`` needs CUDA kernels (relocation, sampling); on CPU
+:func:`make_strategy` refuses it with a clear error.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from recon.errors import UserError
+
+SH_C0 = 0.28209479177387814
+
+
+def rgb_to_sh(rgb: Tensor) -> Tensor:
+    """Colors in [0, 1] -> DC SH coefficients (so that ``SH(d) + 0.5`` gives the color back)."""
+    return (rgb - 0.5) / SH_C0
+
+
+def sh_to_rgb(sh: Tensor) -> Tensor:
+    return sh * SH_C0 + 0.5
+
+
+class GaussianModel(torch.nn.Module):
+    """3D Gaussians with SH colors; ``splats`` is the ``ParameterDict`` optimizers and strategies see."""
+
+    def __init__(self, splats: dict[str, Tensor], sh_degree: int) -> None:
+        super().__init__()
+        k = (sh_degree + 1) ** 2
+        n = splats["means"].shape[0]
+        expected = {"means": (n, 3), "scales": (n, 3), "quats": (n, 4), "opacities": (n,), "sh0": (n, 1, 3)}
+        for key, shape in expected.items():
+            if tuple(splats[key].shape) != shape:
+                raise ValueError(f"{key} must have shape {shape}, got {tuple(splats[key].shape)}")
+        if "shN" not in splats:
+            splats = dict(splats, shN=torch.zeros(n, k - 1, 3))
+        if tuple(splats["shN"].shape) != (n, k - 1, 3):
+            raise ValueError(f"shN must be [N, {k - 1}, 3] for sh_degree {sh_degree}")
+        self.sh_degree = sh_degree
+        self.splats = torch.nn.ParameterDict({key: torch.nn.Parameter(v.float()) for key, v in splats.items()})
+
+    def __len__(self) -> int:
+        return self.splats["means"].shape[0]
+
+    @property
+    def means(self) -> Tensor:
+        return self.splats["means"]
+
+    @property
+    def scales(self) -> Tensor:  # [N, 3] activated
+        return torch.exp(self.splats["scales"])
+
+    @property
+    def quats(self) -> Tensor:  # [N, 4] unit
+        return torch.nn.functional.normalize(self.splats["quats"], dim=-1)
+
+    @property
+    def opacities(self) -> Tensor:  # [N] activated
+        return torch.sigmoid(self.splats["opacities"])
+
+    @property
+    def sh_coeffs(self) -> Tensor:  # [N, K, 3]
+        return torch.cat([self.splats["sh0"], self.splats["shN"]], dim=1)
+
+    @property
+    def base_colors(self) -> Tensor:  # [N, 3] view-independent color
+        return sh_to_rgb(self.splats["sh0"][:, 0]).clamp(0, 1)
+
+    # ---------------------------------------------------------------- initialisers
+    @classmethod
+    def from_points(
+        cls,
+        points: Tensor,  # [N, 3]
+        colors: Tensor | None = None,  # [N, 3] in [0, 1]
+        sh_degree: int = 0,
+        init_scale: float | None = None,
+        init_opacity: float = 0.1,
+    ) -> GaussianModel:
+        """Isotropic Gaussians at ``points``; scale = mean distance to the 3 nearest neighbours."""
+        n = points.shape[0]
+        if n == 0:
+            raise UserError("cannot initialise Gaussians from an empty point cloud")
+        if colors is None:
+            colors = torch.full((n, 3), 0.5)
+        if init_scale is None:
+            dist = _knn_mean_distance(points.float(), k=3).clamp_min(1e-7)
+            log_scales = torch.log(dist)[:, None].repeat(1, 3)
+        else:
+            log_scales = torch.full((n, 3), math.log(init_scale))
+        quats = torch.zeros(n, 4)
+        quats[:, 0] = 1.0
+        return cls(
+            {
+                "means": points.float().clone(),
+                "scales": log_scales,
+                "quats": quats,
+                "opacities": torch.logit(torch.full((n,), init_opacity)),
+                "sh0": rgb_to_sh(colors.float())[:, None, :],
+            },
+            sh_degree,
+        )
+
+    @classmethod
+    def random_in_sphere(
+        cls,
+        n: int,
+        radius: float = 1.0,
+        sh_degree: int = 0,
+        init_scale: float | None = None,
+        init_opacity: float = 0.1,
+        generator: torch.Generator | None = None,
+    ) -> GaussianModel:
+        """``n`` Gaussians uniform in a ball, random colors (DreamGaussian / threestudio style)."""
+        direction = torch.nn.functional.normalize(torch.randn(n, 3, generator=generator), dim=-1)
+        r = radius * torch.rand(n, 1, generator=generator) ** (1.0 / 3.0)
+        colors = torch.rand(n, 3, generator=generator)
+        return cls.from_points(direction * r, colors, sh_degree, init_scale, init_opacity)
+
+    @classmethod
+    def random_in_box(
+        cls,
+        n: int,
+        half_extent: float = 1.0,
+        sh_degree: int = 0,
+        init_scale: float | None = None,
+        init_opacity: float = 0.1,
+        generator: torch.Generator | None = None,
+    ) -> GaussianModel:
+        """``n`` Gaussians uniform in the cube ``[-half_extent, half_extent]³``."""
+        points = (torch.rand(n, 3, generator=generator) * 2 - 1) * half_extent
+        colors = torch.rand(n, 3, generator=generator)
+        return cls.from_points(points, colors, sh_degree, init_scale, init_opacity)
+
+    # ---------------------------------------------------------------- I/O
+    def save_ply(self, path: str | os.PathLike) -> None:
+        """Writes the standard 3DGS PLY (atomically)."""
+        _atomic_write(path, ply_bytes(self.splats))
+
+    @classmethod
+    def load_ply(cls, path: str | os.PathLike) -> GaussianModel:
+        splats, degree = read_ply(path)
+        return cls(splats, degree)
+
+    def save_splat(self, path: str | os.PathLike) -> None:
+        """Writes the ``.splat`` format (lossy: uint8 colors and rotations, no higher SH)."""
+        _atomic_write(path, splat_bytes(self.splats))
+
+
+# -------------------------------------------------------------------- PLY / .splat
+def _ply_properties(n_rest: int) -> list[str]:
+    return (
+        ["x", "y", "z", "nx", "ny", "nz"]
+        + [f"f_dc_{i}" for i in range(3)]
+        + [f"f_rest_{i}" for i in range(n_rest)]
+        + ["opacity"]
+        + [f"scale_{i}" for i in range(3)]
+        + [f"rot_{i}" for i in range(4)]
+    )
+
+
+def ply_bytes(splats: dict[str, Tensor]) -> bytes:
+    """Binary little-endian PLY in the 3DGS layout."""
+    means = splats["means"].detach().float().cpu()
+    n = means.shape[0]
+    rest = splats["shN"].detach().float().cpu().permute(0, 2, 1).reshape(n, -1)  # channel-major
+    data = torch.cat(
+        [
+            means,
+            torch.zeros(n, 3),
+            splats["sh0"].detach().float().cpu().reshape(n, 3),
+            rest,
+            splats["opacities"].detach().float().cpu().reshape(n, 1),
+            splats["scales"].detach().float().cpu(),
+            splats["quats"].detach().float().cpu(),
+        ],
+        dim=1,
+    )
+    props = _ply_properties(rest.shape[1])
+    header = ["ply", "format binary_little_endian 1.0", f"element vertex {n}"]
+    header += [f"property float {p}" for p in props] + ["end_header"]
+    return ("\n".join(header) + "\n").encode() + data.numpy().astype("<f4").tobytes()
+
+
+def read_ply(path: str | os.PathLike) -> tuple[dict[str, Tensor], int]:
+    """Reads a 3DGS PLY (ours, the reference implementation's, or gsplat's export)."""
+    from plyfile import PlyData, PlyParseError
+
+    try:
+        vertex = PlyData.read(str(path))["vertex"]
+    except (OSError, ValueError, KeyError, PlyParseError) as err:
+        raise UserError(f"cannot read Gaussian PLY {path}: {err}") from err
+    names = vertex.data.dtype.names
+
+    def col(name: str) -> np.ndarray:
+        if name not in names:
+            raise UserError(f"{path} is not a 3DGS PLY: property {name!r} is missing")
+        return np.asarray(vertex[name], dtype=np.float32)
+
+    def cols(prefix: str, count: int) -> Tensor:
+        return torch.from_numpy(np.stack([col(f"{prefix}_{i}") for i in range(count)], axis=1))
+
+    n = len(vertex.data)
+    n_rest = sum(1 for name in names if name.startswith("f_rest_"))
+    k = n_rest // 3 + 1
+    degree = int(round(math.sqrt(k))) - 1
+    if (degree + 1) ** 2 != k or n_rest % 3:
+        raise UserError(f"{path}: {n_rest} f_rest properties do not match any SH degree")
+    rest = cols("f_rest", n_rest) if n_rest else torch.zeros(n, 0)
+    splats = {
+        "means": torch.from_numpy(np.stack([col("x"), col("y"), col("z")], axis=1)),
+        "sh0": cols("f_dc", 3)[:, None, :],
+        "shN": rest.reshape(n, 3, k - 1).permute(0, 2, 1).contiguous(),
+        "opacities": torch.from_numpy(col("opacity")),
+        "scales": cols("scale", 3),
+        "quats": cols("rot", 4),
+    }
+    return splats, degree
+
+
+SPLAT_DTYPE = np.dtype([("position", "<f4", 3), ("scale", "<f4", 3), ("rgba", "u1", 4), ("rotation", "u1", 4)])
+
+
+def splat_bytes(splats: dict[str, Tensor]) -> bytes:
+    """antimatter15 ``.splat``: float32 position and (linear) scale, uint8 RGBA and wxyz rotation,
+    sorted by ``volume × opacity`` descending as that viewer expects."""
+    means = splats["means"].detach().float().cpu()
+    scales = torch.exp(splats["scales"].detach().float().cpu())
+    opacity = torch.sigmoid(splats["opacities"].detach().float().cpu())
+    rgb = sh_to_rgb(splats["sh0"].detach().float().cpu().reshape(-1, 3))
+    quats = torch.nn.functional.normalize(splats["quats"].detach().float().cpu(), dim=-1)
+    order = torch.argsort(-(scales.prod(dim=1) * opacity), stable=True)
+    out = np.zeros(len(means), dtype=SPLAT_DTYPE)
+    out["position"] = means[order].numpy()
+    out["scale"] = scales[order].numpy()
+    rgba = torch.cat([rgb, opacity[:, None]], dim=1)[order]
+    out["rgba"] = (rgba * 255).round().clamp(0, 255).to(torch.uint8).numpy()
+    out["rotation"] = (quats[order] * 128 + 128).round().clamp(0, 255).to(torch.uint8).numpy()
+    return out.tobytes()
+
+
+def read_splat(path: str | os.PathLike) -> dict[str, Tensor]:
+    """Reads a ``.splat`` file into activated values: means, scales, rgb, opacities, quats."""
+    raw = Path(path).read_bytes()
+    if len(raw) % SPLAT_DTYPE.itemsize:
+        raise UserError(f"{path} is not a .splat file (size {len(raw)} is not a multiple of 32 bytes)")
+    data = np.frombuffer(raw, dtype=SPLAT_DTYPE)
+    rgba = torch.from_numpy(data["rgba"].astype(np.float32) / 255.0)
+    return {
+        "means": torch.from_numpy(data["position"].copy()),
+        "scales": torch.from_numpy(data["scale"].copy()),
+        "rgb": rgba[:, :3],
+        "opacities": rgba[:, 3],
+        "quats": torch.nn.functional.normalize(torch.from_numpy((data["rotation"].astype(np.float32) - 128) / 128), dim=-1),
+    }
+
+
+def _atomic_write(path: str | os.PathLike, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _knn_mean_distance(points: Tensor, k: int = 3, chunk: int = 4096) -> Tensor:
+    """Mean distance of each point to its ``k`` nearest neighbours (chunked, O(N²) compute)."""
+    n = points.shape[0]
+    if n <= 1:
+        return torch.full((n,), 0.01)
+    k = min(k, n - 1)
+    out = torch.empty(n)
+    for start in range(0, n, chunk):
+        d = torch.cdist(points[start : start + chunk], points)
+        out[start : start + chunk] = d.topk(k + 1, largest=False).values[:, 1:].mean(dim=1)
+    return out
+
+
+# -------------------------------------------------------------------- densification
+@dataclass
+class DensifyConfig:
+    """Densification / pruning (gsplat's DefaultStrategy, the 3DGS paper's schedule)."""
+
+    kind: Literal["default", "mcmc", "none"] = "default"
+    """``default``: clone/split/prune/reset (CPU and CUDA); ``mcmc`` needs CUDA; ``none`` disables."""
+    grow_grad2d: float = 0.0002
+    """Screen-space gradient threshold above which a Gaussian is cloned or split."""
+    grow_scale3d: float = 0.01
+    """Gaussians smaller than this (× scene scale) are cloned, larger ones split."""
+    prune_opa: float = 0.005
+    """Gaussians below this opacity are pruned."""
+    prune_scale3d: float = 0.1
+    """Gaussians larger than this (× scene scale) are pruned after the first opacity reset."""
+    refine_start_iter: int = 500
+    refine_stop_iter: int = 15_000
+    refine_every: int = 100
+    reset_every: int = 3000
+    verbose: bool = False
+
+
+def make_strategy(config: DensifyConfig, device: torch.device | str = "cpu"):
+    """A gsplat strategy object for ``config``, or ``None`` when densification is off."""
+    if config.kind == "none":
+        return None
+    if config.kind == "mcmc":
+        if torch.device(device).type != "cuda":
+            raise UserError(
+                "the MCMC densification strategy needs CUDA (gsplat's relocation kernels); "
+                "use DensifyConfig(kind='default') on a machine without a GPU"
+            )
+        from gsplat.strategy import MCMCStrategy
+
+        return MCMCStrategy(refine_start_iter=config.refine_start_iter, refine_stop_iter=config.refine_stop_iter)
+    from gsplat.strategy import DefaultStrategy
+
+    return DefaultStrategy(
+        grow_grad2d=config.grow_grad2d,
+        grow_scale3d=config.grow_scale3d,
+        prune_opa=config.prune_opa,
+        prune_scale3d=config.prune_scale3d,
+        refine_start_iter=config.refine_start_iter,
+        refine_stop_iter=config.refine_stop_iter,
+        refine_every=config.refine_every,
+        reset_every=config.reset_every,
+        verbose=config.verbose,
+    )
