@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 
 import torch
-from gsplat.cuda._torch_impl import _quat_scale_to_covar_preci, _spherical_harmonics
+from gsplat.cuda._torch_impl import _quat_to_rotmat, _spherical_harmonics
 from torch import Tensor
 
 ALPHA_THRESHOLD = 1.0 / 255.0
@@ -45,11 +45,9 @@ def project_gaussians(
     radius_clip: float = 0.0,
 ) -> Projection:
     """Projects Gaussians into ``C`` pinhole cameras (gsplat semantics, see module docstring)."""
-    covars, _ = _quat_scale_to_covar_preci(quats, scales, compute_covar=True, compute_preci=False)  # [N,3,3]
     R = viewmats[:, :3, :3]  # [C, 3, 3]
     t = viewmats[:, :3, 3]  # [C, 3]
     means_c = torch.einsum("cij,nj->cni", R, means) + t[:, None, :]  # [C, N, 3]
-    covars_c = torch.einsum("cij,njk,clk->cnil", R, covars, R)  # [C, N, 3, 3]
 
     x, y, z = means_c.unbind(-1)
     in_depth = (z > near_plane) & (z < far_plane)
@@ -60,20 +58,26 @@ def project_gaussians(
     tan_fovx, tan_fovy = 0.5 * width / fx, 0.5 * height / fy
     lim_x_pos, lim_x_neg = (width - cx) / fx + 0.3 * tan_fovx, cx / fx + 0.3 * tan_fovx
     lim_y_pos, lim_y_neg = (height - cy) / fy + 0.3 * tan_fovy, cy / fy + 0.3 * tan_fovy
-    tx = z * torch.maximum(torch.minimum(x / z, lim_x_pos), -lim_x_neg)
-    ty = z * torch.maximum(torch.minimum(y / z, lim_y_pos), -lim_y_neg)
-    zeros = torch.zeros_like(z)
-    J = torch.stack([fx / z, zeros, -fx * tx / z**2, zeros, fy / z, -fy * ty / z**2], dim=-1)
-    J = J.reshape(*z.shape, 2, 3)
-    cov2d = J @ covars_c @ J.transpose(-1, -2)  # [C, N, 2, 2]
-    a = cov2d[..., 0, 0] + eps2d
-    b = 0.5 * (cov2d[..., 0, 1] + cov2d[..., 1, 0])
-    c = cov2d[..., 1, 1] + eps2d
+    tx = torch.maximum(torch.minimum(x / z, lim_x_pos), -lim_x_neg)  # clamped x/z
+    ty = torch.maximum(torch.minimum(y / z, lim_y_pos), -lim_y_neg)
+    # cov2d = J W Σ Wᵀ Jᵀ with Σ = (R_q S)(R_q S)ᵀ, written as A Aᵀ for the 2×3 matrix A = J W R_q S,
+    # whose rows are M0 R_q S and M1 R_q S with M = J W (rows of the perspective Jacobian J:
+    # (fx/z, 0, -fx·tx/z) and (0, fy/z, -fy·ty/z)).
+    inv_z = 1.0 / z
+    M0 = (fx * inv_z)[..., None] * (R[:, None, 0, :] - tx[..., None] * R[:, None, 2, :])  # [C, N, 3]
+    M1 = (fy * inv_z)[..., None] * (R[:, None, 1, :] - ty[..., None] * R[:, None, 2, :])
+    RS = _quat_to_rotmat(quats) * scales[:, None, :]  # [N, 3, 3] columns scaled
+    A0 = torch.einsum("cnj,njk->cnk", M0, RS)
+    A1 = torch.einsum("cnj,njk->cnk", M1, RS)
+    a = (A0 * A0).sum(-1) + eps2d
+    b = (A0 * A1).sum(-1)
+    c = (A1 * A1).sum(-1) + eps2d
     det = a * c - b * b
     valid = in_depth & (det > 0)
     det = torch.where(valid, det, torch.ones_like(det))
-    conics = torch.stack([c / det, -b / det, a / det], dim=-1)
-    means2d = torch.stack([fx * x / z + cx, fy * y / z + cy], dim=-1)
+    inv_det = 1.0 / det
+    conics = torch.stack([c * inv_det, -b * inv_det, a * inv_det], dim=-1)
+    means2d = torch.stack([fx * x * inv_z + cx, fy * y * inv_z + cy], dim=-1)
 
     with torch.no_grad():
         op = opacities.detach().expand_as(z)

@@ -139,3 +139,23 @@ def test_gsplat_matches_reference_on_cuda():
     torch.testing.assert_close(gpu[1].cpu(), ref[1], atol=2e-3, rtol=0)
     for g_gpu, g_ref in zip(gpu[2][:5], ref[2][:5]):
         assert (g_gpu.cpu() - g_ref).abs().max() / g_ref.abs().max() < 2e-2
+
+
+def test_projection_matches_gsplat_reference_math():
+    """Our EWA projection equals gsplat's own PyTorch implementation (means2d, conics, depths)."""
+    from gsplat.cuda._torch_impl import _fully_fused_projection, _quat_scale_to_covar_preci
+
+    from recon.render.projection import project_gaussians
+
+    means, quats, scales, opacities, _ = _scene(300, None, seed=5)
+    cams = _cameras()
+    proj = project_gaussians(means, quats, scales, opacities, cams.viewmats(), cams.Ks(), cams.width, cams.height)
+    covars, _ = _quat_scale_to_covar_preci(quats, scales, compute_preci=False)
+    radii, means2d, depths, conics, _ = _fully_fused_projection(
+        means, covars, cams.viewmats(), cams.Ks(), cams.width, cams.height, eps2d=0.3
+    )
+    visible = (proj.radii > 0).all(-1)
+    assert visible.sum() > 300
+    torch.testing.assert_close(proj.means2d[visible], means2d[visible], atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(proj.depths[visible], depths[visible])
+    torch.testing.assert_close(proj.conics[visible], conics[visible], atol=1e-5, rtol=1e-4)

@@ -55,6 +55,22 @@ inline PixelRect tile_rect(float mx, float my, int rx, int ry, int width, int he
     return r;
 }
 
+// Pixels of row `dy` (tile-local x range, clipped to [x0, x1]) where the Gaussian can reach
+// alpha >= 1/255, i.e. sigma <= L = ln(255 o). A slightly enlarged L keeps the test conservative:
+// the exact alpha test still decides every pixel inside the span.
+inline bool row_span(float ca, float cb, float cc, float L, float dy, float mx, int tx0, int x0, int x1, int& lo,
+                     int& hi) {
+    const float Lm = L * 1.001f + 1e-3f;
+    const float disc = (cb * cb - ca * cc) * dy * dy + 2.0f * ca * Lm;
+    if (disc < 0.f) return false;
+    const float root = std::sqrt(disc);
+    // sigma(dx) <= Lm for dx in [(-b dy - root) / a, (-b dy + root) / a]; the pixel center is mx - dx.
+    const float dx_lo = (-cb * dy - root) / ca, dx_hi = (-cb * dy + root) / ca;
+    lo = std::max(x0, static_cast<int>(std::ceil(mx - dx_hi - 0.5f - tx0 - 0.01f)));
+    hi = std::min(x1, static_cast<int>(std::floor(mx - dx_lo - 0.5f - tx0 + 0.01f)));
+    return lo <= hi;
+}
+
 struct Binning {
     std::vector<int64_t> tile_offsets;  // [C * tiles + 1]
     std::vector<int32_t> flat_ids;      // [M] Gaussian index inside its camera
@@ -103,6 +119,173 @@ Binning bin_gaussians(const float* means2d, const int32_t* radii, const int64_t*
         }
     }
     return bins;
+}
+
+
+// One 8-pixel block of the forward pass for a Gaussian; DC > 0: channel count known at compile time
+// (colors accumulated in the same SIMD loop), DC == 0: any count, accumulated in a second loop.
+template <int DC>
+inline int forward_block(int p0, float fx0, float dy, float ca, float cb, float cc, float op,
+                         const float* cg, int64_t D, int32_t kk, float* T, float* w, int32_t* last, int32_t* done,
+                         float* acc) {
+    int n_done = 0;
+#pragma omp simd reduction(+ : n_done)
+    for (int i = 0; i < kBlock; ++i) {
+        const int p = p0 + i;
+        const float dx = fx0 - i;
+        const float sigma = 0.5f * (ca * dx * dx + cc * dy * dy) + cb * dx * dy;
+        const float alpha = std::min(kMaxAlpha, op * std::exp(-sigma));
+        const int32_t valid = (done[p] == 0) & (sigma >= 0.f) & (alpha >= kAlphaThreshold);
+        const float next_T = T[p] * (1.0f - alpha);
+        const int32_t stop = valid & (next_T <= kTransmittanceEps);
+        const int32_t take = valid & (stop ^ 1);
+        n_done += stop;
+        done[p] |= stop;
+        const float wp = take ? alpha * T[p] : 0.0f;
+        w[p] = wp;
+        T[p] = take ? next_T : T[p];
+        last[p] = take ? kk : last[p];
+        if (DC >= 1) acc[0 * kPix + p] += wp * cg[0];
+        if (DC >= 2) acc[1 * kPix + p] += wp * cg[1];
+        if (DC >= 3) acc[2 * kPix + p] += wp * cg[2];
+        if (DC >= 4) acc[3 * kPix + p] += wp * cg[3];
+    }
+    if (DC == 0) {
+        for (int64_t d = 0; d < D; ++d) {
+            const float cd = cg[d];
+            float* ad = acc + d * kPix + p0;
+#pragma omp simd
+            for (int i = 0; i < kBlock; ++i) ad[i] += w[p0 + i] * cd;
+        }
+    }
+    return n_done;
+}
+
+// Per-lane gradient sums of one Gaussian over the pixels of a tile; reduced across lanes once.
+struct GaussianGrad {
+    alignas(32) float lane[10][kBlock];  // mx, my, a, b, c, opacity, color 0..3
+    void clear() { std::fill(&lane[0][0], &lane[0][0] + 10 * kBlock, 0.0f); }
+    float sum(int j) const {
+        float s = 0.0f;
+        for (int i = 0; i < kBlock; ++i) s += lane[j][i];
+        return s;
+    }
+};
+
+// One 8-pixel block of the backward pass (back to front), channels known at compile time (1..4).
+template <int DC>
+inline void backward_block(int p0, float fx0, float dy, float ca, float cb, float cc, float op, const float* cg,
+                           int32_t kk, float* T, const float* Tf, const float* va, const int32_t* last,
+                           const float* vc, float* acc, GaussianGrad& gg) {
+    const float c0 = cg[0], c1 = DC >= 2 ? cg[1] : 0.f, c2 = DC >= 3 ? cg[2] : 0.f, c3 = DC >= 4 ? cg[3] : 0.f;
+    float* __restrict__ L = &gg.lane[0][0];
+#pragma omp simd
+    for (int i = 0; i < kBlock; ++i) {
+        const int p = p0 + i;
+        const float dx = fx0 - i;
+        const float sigma = 0.5f * (ca * dx * dx + cc * dy * dy) + cb * dx * dy;
+        const float vis = std::exp(-sigma);
+        const float alpha = std::min(kMaxAlpha, op * vis);
+        const bool active = (kk < last[p]) & (sigma >= 0.f) & (alpha >= kAlphaThreshold);
+        const float inv = 1.0f / (1.0f - alpha);
+        const float Tk = T[p] * inv;  // transmittance in front of this Gaussian
+        const float wk = active ? alpha * Tk : 0.0f;
+        float v_alpha = va[p] * Tf[p] * inv;
+        {
+            const float v = vc[0 * kPix + p];
+            L[6 * kBlock + i] += wk * v;
+            v_alpha += v * (c0 * Tk - acc[0 * kPix + p] * inv);
+            acc[0 * kPix + p] += c0 * wk;
+        }
+        if (DC >= 2) {
+            const float v = vc[1 * kPix + p];
+            L[7 * kBlock + i] += wk * v;
+            v_alpha += v * (c1 * Tk - acc[1 * kPix + p] * inv);
+            acc[1 * kPix + p] += c1 * wk;
+        }
+        if (DC >= 3) {
+            const float v = vc[2 * kPix + p];
+            L[8 * kBlock + i] += wk * v;
+            v_alpha += v * (c2 * Tk - acc[2 * kPix + p] * inv);
+            acc[2 * kPix + p] += c2 * wk;
+        }
+        if (DC >= 4) {
+            const float v = vc[3 * kPix + p];
+            L[9 * kBlock + i] += wk * v;
+            v_alpha += v * (c3 * Tk - acc[3 * kPix + p] * inv);
+            acc[3 * kPix + p] += c3 * wk;
+        }
+        T[p] = active ? Tk : T[p];
+        const bool unclamped = active & (op * vis < kMaxAlpha);
+        v_alpha = unclamped ? v_alpha : 0.0f;
+        const float v_sigma = -op * vis * v_alpha;
+        L[0 * kBlock + i] += v_sigma * (ca * dx + cb * dy);
+        L[1 * kBlock + i] += v_sigma * (cb * dx + cc * dy);
+        L[2 * kBlock + i] += v_sigma * 0.5f * dx * dx;
+        L[3 * kBlock + i] += v_sigma * dx * dy;
+        L[4 * kBlock + i] += v_sigma * 0.5f * dy * dy;
+        L[5 * kBlock + i] += vis * v_alpha;
+    }
+}
+
+// Backward block for any channel count (feature rendering): three SIMD passes through scratch.
+inline void backward_block_any(int p0, float fx0, float dy, float ca, float cb, float cc, float op, const float* cg,
+                               int64_t D, int32_t kk, float* T, const float* Tf, const float* va,
+                               const int32_t* last, const float* vc, float* acc, GaussianGrad& gg, float* gcol) {
+    alignas(64) float b_active[kBlock], b_Tk[kBlock], b_wk[kBlock], b_inv[kBlock], b_valpha[kBlock], b_vis[kBlock];
+#pragma omp simd
+    for (int i = 0; i < kBlock; ++i) {
+        const int p = p0 + i;
+        const float dx = fx0 - i;
+        const float sigma = 0.5f * (ca * dx * dx + cc * dy * dy) + cb * dx * dy;
+        const float vis = std::exp(-sigma);
+        const float alpha = std::min(kMaxAlpha, op * vis);
+        const bool active = (kk < last[p]) & (sigma >= 0.f) & (alpha >= kAlphaThreshold);
+        const float inv = 1.0f / (1.0f - alpha);
+        b_vis[i] = vis;
+        b_active[i] = active ? 1.0f : 0.0f;
+        b_inv[i] = inv;
+        b_Tk[i] = T[p] * inv;
+        b_wk[i] = active ? alpha * T[p] * inv : 0.0f;
+        b_valpha[i] = va[p] * Tf[p] * inv;
+    }
+    for (int64_t d = 0; d < D; ++d) {
+        const float cd = cg[d];
+        float* ad = acc + d * kPix + p0;
+        const float* vd = vc + d * kPix + p0;
+        float gd = 0.0f;
+#pragma omp simd reduction(+ : gd)
+        for (int i = 0; i < kBlock; ++i) {
+            gd += b_wk[i] * vd[i];
+            b_valpha[i] += vd[i] * (cd * b_Tk[i] - ad[i] * b_inv[i]);
+            ad[i] += cd * b_wk[i];
+        }
+        gcol[d] += gd;
+    }
+    float g_mx = 0, g_my = 0, g_a = 0, g_b = 0, g_c = 0, g_op = 0;
+#pragma omp simd reduction(+ : g_mx, g_my, g_a, g_b, g_c, g_op)
+    for (int i = 0; i < kBlock; ++i) {
+        const int p = p0 + i;
+        const float dx = fx0 - i;
+        const float vis = b_vis[i];
+        const bool active = b_active[i] > 0.5f;
+        const bool unclamped = active & (op * vis < kMaxAlpha);
+        T[p] = active ? b_Tk[i] : T[p];
+        const float v_alpha = unclamped ? b_valpha[i] : 0.0f;
+        const float v_sigma = -op * vis * v_alpha;
+        g_mx += v_sigma * (ca * dx + cb * dy);
+        g_my += v_sigma * (cb * dx + cc * dy);
+        g_a += v_sigma * 0.5f * dx * dx;
+        g_b += v_sigma * dx * dy;
+        g_c += v_sigma * 0.5f * dy * dy;
+        g_op += vis * v_alpha;
+    }
+    gg.lane[0][0] += g_mx;
+    gg.lane[1][0] += g_my;
+    gg.lane[2][0] += g_a;
+    gg.lane[3][0] += g_b;
+    gg.lane[4][0] += g_c;
+    gg.lane[5][0] += g_op;
 }
 
 }  // namespace
@@ -172,32 +355,24 @@ std::vector<torch::Tensor> rasterize_forward(const torch::Tensor& means2d,    //
                 const PixelRect r = tile_rect(mx, my, rad[2 * g], rad[2 * g + 1], W, H, tx0, ty0);
                 const float* cg = col + g * D;
                 const int32_t kk = static_cast<int32_t>(k - start + 1);
+                const float L = std::log(255.0f * op);
                 for (int y = r.y0; y <= r.y1; ++y) {
                     const float dy = my - (ty0 + y + 0.5f);
-                    for (int bx = r.x0 / kBlock; bx <= r.x1 / kBlock; ++bx) {
+                    int lo, hi;
+                    if (!row_span(ca, cb, cc, L, dy, mx, tx0, r.x0, r.x1, lo, hi)) continue;
+                    for (int bx = lo / kBlock; bx <= hi / kBlock; ++bx) {
                         const int p0 = y * kTile + bx * kBlock;
+                        int all_done = 1;
+                        for (int i = 0; i < kBlock; ++i) all_done &= done[p0 + i];
+                        if (all_done) continue;
                         const float fx0 = mx - (tx0 + bx * kBlock + 0.5f);
-#pragma omp simd reduction(+ : n_done)
-                        for (int i = 0; i < kBlock; ++i) {
-                            const int p = p0 + i;
-                            const float dx = fx0 - i;
-                            const float sigma = 0.5f * (ca * dx * dx + cc * dy * dy) + cb * dx * dy;
-                            const float alpha = std::min(kMaxAlpha, op * std::exp(-sigma));
-                            const int32_t valid = (done[p] == 0) & (sigma >= 0.f) & (alpha >= kAlphaThreshold);
-                            const float next_T = T[p] * (1.0f - alpha);
-                            const int32_t stop = valid & (next_T <= kTransmittanceEps);
-                            const int32_t take = valid & (stop ^ 1);
-                            n_done += stop;
-                            done[p] |= stop;
-                            w[p] = take ? alpha * T[p] : 0.0f;
-                            T[p] = take ? next_T : T[p];
-                            last[p] = take ? kk : last[p];
-                        }
-                        for (int64_t d = 0; d < D; ++d) {
-                            const float cd = cg[d];
-                            float* ad = acc.data() + d * kPix + p0;
-#pragma omp simd
-                            for (int i = 0; i < kBlock; ++i) ad[i] += w[p0 + i] * cd;
+                        float* A = acc.data();
+                        switch (D) {
+                            case 1: n_done += forward_block<1>(p0, fx0, dy, ca, cb, cc, op, cg, D, kk, T, w, last, done, A); break;
+                            case 2: n_done += forward_block<2>(p0, fx0, dy, ca, cb, cc, op, cg, D, kk, T, w, last, done, A); break;
+                            case 3: n_done += forward_block<3>(p0, fx0, dy, ca, cb, cc, op, cg, D, kk, T, w, last, done, A); break;
+                            case 4: n_done += forward_block<4>(p0, fx0, dy, ca, cb, cc, op, cg, D, kk, T, w, last, done, A); break;
+                            default: n_done += forward_block<0>(p0, fx0, dy, ca, cb, cc, op, cg, D, kk, T, w, last, done, A);
                         }
                     }
                 }
@@ -261,7 +436,8 @@ std::vector<torch::Tensor> rasterize_backward(const torch::Tensor& means2d,     
     {
         alignas(64) float T[kPix], Tf[kPix], va[kPix];
         alignas(64) int32_t last[kPix];
-        alignas(64) float b_active[kBlock], b_Tk[kBlock], b_wk[kBlock], b_inv[kBlock], b_valpha[kBlock], b_vis[kBlock];
+        int32_t block_last[kPix / kBlock];
+        GaussianGrad gg;
         std::vector<float> acc(kPix * D), vc(kPix * D);
         std::vector<float> gcol(D);
 #pragma omp for schedule(dynamic, 1)
@@ -283,6 +459,10 @@ std::vector<torch::Tensor> rasterize_backward(const torch::Tensor& means2d,     
                 va[p] = inside ? vao[pix] : 0.0f;
                 for (int64_t d = 0; d < D; ++d) vc[d * kPix + p] = inside ? vco[pix * D + d] : 0.0f;
             }
+            for (int b = 0; b < kPix / kBlock; ++b) {
+                block_last[b] = 0;
+                for (int i = 0; i < kBlock; ++i) block_last[b] = std::max(block_last[b], last[b * kBlock + i]);
+            }
             const int64_t start = offs[t];
             for (int64_t k = start + max_last - 1; k >= start; --k) {
                 const int32_t kk = static_cast<int32_t>(k - start);  // pixels with last > kk saw this one
@@ -292,69 +472,31 @@ std::vector<torch::Tensor> rasterize_backward(const torch::Tensor& means2d,     
                 const float op = opa[g];
                 const PixelRect r = tile_rect(mx, my, rad[2 * g], rad[2 * g + 1], W, H, tx0, ty0);
                 const float* cg = col + g * D;
-                float g_mx = 0, g_my = 0, g_a = 0, g_b = 0, g_c = 0, g_op = 0;
+                gg.clear();
                 std::fill(gcol.begin(), gcol.end(), 0.0f);
+                const float L = std::log(255.0f * op);
                 for (int y = r.y0; y <= r.y1; ++y) {
                     const float dy = my - (ty0 + y + 0.5f);
-                    for (int bx = r.x0 / kBlock; bx <= r.x1 / kBlock; ++bx) {
+                    int lo, hi;
+                    if (!row_span(ca, cb, cc, L, dy, mx, tx0, r.x0, r.x1, lo, hi)) continue;
+                    for (int bx = lo / kBlock; bx <= hi / kBlock; ++bx) {
                         const int p0 = y * kTile + bx * kBlock;
+                        if (kk >= block_last[p0 / kBlock]) continue;  // every pixel here stopped in front
                         const float fx0 = mx - (tx0 + bx * kBlock + 0.5f);
-#pragma omp simd
-                        for (int i = 0; i < kBlock; ++i) {
-                            const int p = p0 + i;
-                            const float dx = fx0 - i;
-                            const float sigma = 0.5f * (ca * dx * dx + cc * dy * dy) + cb * dx * dy;
-                            const float vis = std::exp(-sigma);
-                            const float alpha = std::min(kMaxAlpha, op * vis);
-                            const bool active = (kk < last[p]) & (sigma >= 0.f) & (alpha >= kAlphaThreshold);
-                            const float inv = 1.0f / (1.0f - alpha);
-                            b_vis[i] = vis;
-                            b_active[i] = active ? 1.0f : 0.0f;
-                            b_inv[i] = inv;
-                            b_Tk[i] = T[p] * inv;  // transmittance in front of this Gaussian
-                            b_wk[i] = active ? alpha * T[p] * inv : 0.0f;
-                            b_valpha[i] = va[p] * Tf[p] * inv;
-                        }
-                        for (int64_t d = 0; d < D; ++d) {
-                            const float cd = cg[d];
-                            float* ad = acc.data() + d * kPix + p0;
-                            const float* vd = vc.data() + d * kPix + p0;
-                            float gd = 0.0f;
-#pragma omp simd reduction(+ : gd)
-                            for (int i = 0; i < kBlock; ++i) {
-                                gd += b_wk[i] * vd[i];
-                                b_valpha[i] += vd[i] * (cd * b_Tk[i] - ad[i] * b_inv[i]);
-                                ad[i] += cd * b_wk[i];
-                            }
-                            gcol[d] += gd;
-                        }
-#pragma omp simd reduction(+ : g_mx, g_my, g_a, g_b, g_c, g_op)
-                        for (int i = 0; i < kBlock; ++i) {
-                            const int p = p0 + i;
-                            const float dx = fx0 - i;
-                            const float vis = b_vis[i];
-                            const bool active = b_active[i] > 0.5f;
-                            const bool unclamped = active & (op * vis < kMaxAlpha);
-                            T[p] = active ? b_Tk[i] : T[p];
-                            const float v_alpha = unclamped ? b_valpha[i] : 0.0f;
-                            const float v_sigma = -op * vis * v_alpha;
-                            g_mx += v_sigma * (ca * dx + cb * dy);
-                            g_my += v_sigma * (cb * dx + cc * dy);
-                            g_a += v_sigma * 0.5f * dx * dx;
-                            g_b += v_sigma * dx * dy;
-                            g_c += v_sigma * 0.5f * dy * dy;
-                            g_op += vis * v_alpha;
+                        float* A = acc.data();
+                        const float* V = vc.data();
+                        switch (D) {
+                            case 1: backward_block<1>(p0, fx0, dy, ca, cb, cc, op, cg, kk, T, Tf, va, last, V, A, gg); break;
+                            case 2: backward_block<2>(p0, fx0, dy, ca, cb, cc, op, cg, kk, T, Tf, va, last, V, A, gg); break;
+                            case 3: backward_block<3>(p0, fx0, dy, ca, cb, cc, op, cg, kk, T, Tf, va, last, V, A, gg); break;
+                            case 4: backward_block<4>(p0, fx0, dy, ca, cb, cc, op, cg, kk, T, Tf, va, last, V, A, gg); break;
+                            default: backward_block_any(p0, fx0, dy, ca, cb, cc, op, cg, D, kk, T, Tf, va, last, V, A, gg, gcol.data());
                         }
                     }
                 }
                 float* slot = slots.data() + k * S;
-                slot[0] = g_mx;
-                slot[1] = g_my;
-                slot[2] = g_a;
-                slot[3] = g_b;
-                slot[4] = g_c;
-                slot[5] = g_op;
-                for (int64_t d = 0; d < D; ++d) slot[6 + d] = gcol[d];
+                for (int j = 0; j < 6; ++j) slot[j] = gg.sum(j);
+                for (int64_t d = 0; d < D; ++d) slot[6 + d] = D <= 4 ? gg.sum(6 + static_cast<int>(d)) : gcol[d];
             }
         }
     }
