@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -32,6 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from recon.atomic import atomic_write_bytes
 from recon.errors import UserError
 
 SH_C0 = 0.28209479177387814
@@ -159,7 +159,7 @@ class GaussianModel(torch.nn.Module):
     # ---------------------------------------------------------------- I/O
     def save_ply(self, path: str | os.PathLike) -> None:
         """Writes the standard 3DGS PLY (atomically)."""
-        _atomic_write(path, ply_bytes(self.splats))
+        atomic_write_bytes(path, ply_bytes(self.splats))
 
     @classmethod
     def load_ply(cls, path: str | os.PathLike) -> GaussianModel:
@@ -168,7 +168,7 @@ class GaussianModel(torch.nn.Module):
 
     def save_splat(self, path: str | os.PathLike) -> None:
         """Writes the ``.splat`` format (lossy: uint8 colors and rotations, no higher SH)."""
-        _atomic_write(path, splat_bytes(self.splats))
+        atomic_write_bytes(path, splat_bytes(self.splats))
 
 
 # -------------------------------------------------------------------- PLY / .splat
@@ -277,19 +277,6 @@ def read_splat(path: str | os.PathLike) -> dict[str, Tensor]:
         "opacities": rgba[:, 3],
         "quats": torch.nn.functional.normalize(torch.from_numpy((data["rotation"].astype(np.float32) - 128) / 128), dim=-1),
     }
-
-
-def _atomic_write(path: str | os.PathLike, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _knn_mean_distance(points: Tensor, k: int = 3, chunk: int = 4096) -> Tensor:

@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from recon.cameras import orbit_cameras
+from recon.errors import UserError
+from recon.gaussians import DensifyConfig, GaussianModel
+from recon.render import render_gaussians
+from recon.train import LossTerm, Stage, Trainer, TrainConfig
+
+
+class Killed(Exception):
+    pass
+
+
+def _setup(kill_at: int | None = None, nan_at: int | None = None, densify: bool = False):
+    cams = orbit_cameras(6, width=24, height=24, distance=3.0)
+    target_model = GaussianModel.random_in_sphere(150, radius=0.6, generator=torch.Generator().manual_seed(1), init_opacity=0.8)
+    with torch.no_grad():
+        targets = render_gaussians(target_model, cams).rgb
+    model = GaussianModel.random_in_sphere(150, radius=0.6, generator=torch.Generator().manual_seed(2), init_opacity=0.5)
+
+    def sample(step, gen):
+        return torch.randperm(6, generator=gen)[:2]
+
+    def render(m, idx):
+        return render_gaussians(m, cams[idx])
+
+    def l1(ctx):
+        loss = (ctx.render.rgb - targets[ctx.batch]).abs().mean()
+        if nan_at is not None and ctx.step == nan_at:
+            loss = loss * float("nan")
+        return loss
+
+    def hook(m, step):
+        if kill_at is not None and step == kill_at:
+            raise Killed
+
+    dens = DensifyConfig(refine_start_iter=2, refine_every=4, grow_grad2d=1e-6, reset_every=1000) if densify else None
+    stages = [
+        Stage("a", 12, sample, render, [LossTerm("l1", l1)], densify=dens, on_step_end=hook),
+        Stage("b", 8, sample, render, [LossTerm("l1", l1, weight=2.0, weight_end=1.0)]),
+    ]
+    return model, stages
+
+
+def _params(model):
+    return {k: v.detach().clone() for k, v in model.splats.items()}
+
+
+@pytest.mark.parametrize("densify", [False, True])
+def test_killed_run_resumes_exactly(tmp_path, densify):
+    cfg = TrainConfig(seed=3, checkpoint_every=5, progress_bar=False)
+    model, stages = _setup(densify=densify)
+    history = Trainer(model, stages, tmp_path / "full", cfg).fit()
+    reference = _params(model)
+    if densify:
+        assert history["a"]["num_gaussians"] > 150  # the strategy cloned / split
+    else:
+        assert history["a"]["loss"]["l1"] > history["b"]["loss"]["l1"]  # it learns
+
+    model, stages = _setup(kill_at=7, densify=densify)
+    with pytest.raises(Killed):
+        Trainer(model, stages, tmp_path / "killed", cfg).fit()
+    ckpt = torch.load(tmp_path / "killed" / "ckpt" / "last.pt", weights_only=False)
+    assert (ckpt["stage_index"], ckpt["stage_step"]) == (0, 5)  # lost at most one interval (steps 5..7)
+
+    model, stages = _setup(densify=densify)
+    trainer = Trainer(model, stages, tmp_path / "killed", cfg)
+    trainer.load_checkpoint()
+    trainer.fit()
+    resumed = _params(trainer.model)
+    assert resumed.keys() == reference.keys()
+    for k in reference:
+        assert torch.equal(resumed[k], reference[k]), k
+    metrics = json.loads((tmp_path / "killed" / "metrics.json").read_text())
+    assert set(metrics["stages"]) == {"a", "b"}
+
+
+def test_nan_step_is_skipped_and_not_checkpointed(tmp_path):
+    model, stages = _setup(nan_at=3)
+    history = Trainer(model, stages, tmp_path, TrainConfig(checkpoint_every=100, progress_bar=False)).fit()
+    assert history["a"]["skipped_steps"] == 1
+    for p in model.splats.values():
+        assert torch.isfinite(p).all()
+
+
+def test_zero_steps_is_a_user_error(tmp_path):
+    model, stages = _setup()
+    stages[0].steps = 0
+    with pytest.raises(UserError, match="positive number of steps"):
+        Trainer(model, stages, tmp_path, TrainConfig())
+
+
+def test_resume_without_checkpoint_is_a_user_error(tmp_path):
+    model, stages = _setup()
+    with pytest.raises(UserError, match="no checkpoint"):
+        Trainer(model, stages, tmp_path, TrainConfig()).load_checkpoint()
