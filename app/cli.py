@@ -7,14 +7,20 @@ import heavy libraries (torch, diffusers) inside ``run`` so that ``sds3d --help`
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from typing import Annotated, Union
 
 import tyro
 
+from app.commands.export import ExportCommand
+from app.commands.generate import GenerateCommand
 from app.commands.prior import PriorCommand
 from recon.errors import UserError
 
-Commands = Annotated[PriorCommand, tyro.conf.subcommand("prior")]
+Commands = Union[  # noqa: UP007 - tyro reads the Union
+    Annotated[GenerateCommand, tyro.conf.subcommand("generate")],
+    Annotated[ExportCommand, tyro.conf.subcommand("export")],
+    Annotated[PriorCommand, tyro.conf.subcommand("prior")],
+]
 
 
 def main(argv: list[str] | None = None) -> int:

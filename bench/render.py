@@ -56,7 +56,11 @@ def time_fwd_bwd(backend: str, n: int, res: int, n_cams: int = 4, repeats: int =
             total.append(t2 - t0)
     radii = meta["radii"].float()
     pairs = float(((2 * radii[..., 0] + 1) * (2 * radii[..., 1] + 1) * (radii > 0).all(-1)).sum()) / n_cams
-    return {"fwd_ms": 1e3 * statistics.median(fwd), "fwd_bwd_ms": 1e3 * statistics.median(total), "pairs": pairs}
+    return {
+        "fwd_ms": 1e3 * statistics.median(fwd),
+        "fwd_bwd_ms": 1e3 * statistics.median(total),
+        "pairs": pairs,
+    }
 
 
 def main() -> None:
@@ -73,9 +77,13 @@ def main() -> None:
         for backend in ("cpu", "torch"):
             if backend == "torch" and n > 10_000 and args.quick:
                 continue
-            rows[backend] = time_fwd_bwd(backend, n, res, repeats=reps if backend == "cpu" else max(2, reps // 3))
+            rows[backend] = time_fwd_bwd(
+                backend, n, res, repeats=reps if backend == "cpu" else max(2, reps // 3)
+            )
             r = rows[backend]
-            print(f"{f'{n // 1000}k @ {res}²':<16}{backend:<8}{r['fwd_ms']:>10.1f}{r['fwd_bwd_ms']:>12.1f}{r['pairs']:>12.0f}")
+            print(
+                f"{f'{n // 1000}k @ {res}²':<16}{backend:<8}{r['fwd_ms']:>10.1f}{r['fwd_bwd_ms']:>12.1f}{r['pairs']:>12.0f}"
+            )
         key = f"{n // 1000}k_{res}"
         result[f"cpu_ms_fwd_bwd_{key}"] = round(rows["cpu"]["fwd_bwd_ms"], 2)
         if "torch" in rows:
@@ -84,7 +92,9 @@ def main() -> None:
     if not args.no_1m:
         r = time_fwd_bwd("cpu", 1_000_000, 512, n_cams=1, repeats=1)
         peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-        print(f"{'1M @ 512²':<16}{'cpu':<8}{r['fwd_ms']:>10.1f}{r['fwd_bwd_ms']:>12.1f}{r['pairs']:>12.0f}   peak RSS {peak_gb:.2f} GB")
+        print(
+            f"{'1M @ 512²':<16}{'cpu':<8}{r['fwd_ms']:>10.1f}{r['fwd_bwd_ms']:>12.1f}{r['pairs']:>12.0f}   peak RSS {peak_gb:.2f} GB"
+        )
         result["cpu_ms_fwd_bwd_1000k_512_1cam"] = round(r["fwd_bwd_ms"], 1)
         result["peak_rss_gb"] = round(peak_gb, 2)
     result["threads"] = torch.get_num_threads()

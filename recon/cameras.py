@@ -269,7 +269,10 @@ ViewWord = str
 
 
 def view_direction_words(
-    elevation_deg: Tensor, azimuth_deg: Tensor, overhead_threshold_deg: float = 60.0, front_half_width_deg=45.0
+    elevation_deg: Tensor,
+    azimuth_deg: Tensor,
+    overhead_threshold_deg: float = 60.0,
+    front_half_width_deg=45.0,
 ) -> list[ViewWord]:
     """View-dependent prompt suffixes, as in DreamFusion / threestudio.
 

@@ -62,7 +62,9 @@ class GaussianModel(torch.nn.Module):
         if tuple(splats["shN"].shape) != (n, k - 1, 3):
             raise ValueError(f"shN must be [N, {k - 1}, 3] for sh_degree {sh_degree}")
         self.sh_degree = sh_degree
-        self.splats = torch.nn.ParameterDict({key: torch.nn.Parameter(v.float()) for key, v in splats.items()})
+        self.splats = torch.nn.ParameterDict(
+            {key: torch.nn.Parameter(v.float()) for key, v in splats.items()}
+        )
 
     def __len__(self) -> int:
         return self.splats["means"].shape[0]
@@ -242,7 +244,9 @@ def read_ply(path: str | os.PathLike) -> tuple[dict[str, Tensor], int]:
     return splats, degree
 
 
-SPLAT_DTYPE = np.dtype([("position", "<f4", 3), ("scale", "<f4", 3), ("rgba", "u1", 4), ("rotation", "u1", 4)])
+SPLAT_DTYPE = np.dtype(
+    [("position", "<f4", 3), ("scale", "<f4", 3), ("rgba", "u1", 4), ("rotation", "u1", 4)]
+)
 
 
 def splat_bytes(splats: dict[str, Tensor]) -> bytes:
@@ -275,7 +279,9 @@ def read_splat(path: str | os.PathLike) -> dict[str, Tensor]:
         "scales": torch.from_numpy(data["scale"].copy()),
         "rgb": rgba[:, :3],
         "opacities": rgba[:, 3],
-        "quats": torch.nn.functional.normalize(torch.from_numpy((data["rotation"].astype(np.float32) - 128) / 128), dim=-1),
+        "quats": torch.nn.functional.normalize(
+            torch.from_numpy((data["rotation"].astype(np.float32) - 128) / 128), dim=-1
+        ),
     }
 
 
@@ -326,7 +332,9 @@ def make_strategy(config: DensifyConfig, device: torch.device | str = "cpu"):
             )
         from gsplat.strategy import MCMCStrategy
 
-        return MCMCStrategy(refine_start_iter=config.refine_start_iter, refine_stop_iter=config.refine_stop_iter)
+        return MCMCStrategy(
+            refine_start_iter=config.refine_start_iter, refine_stop_iter=config.refine_stop_iter
+        )
     from gsplat.strategy import DefaultStrategy
 
     return DefaultStrategy(

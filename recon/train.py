@@ -136,7 +136,9 @@ class Trainer:
             raise ValueError("a run needs at least one stage")
         for stage in stages:
             if stage.steps <= 0:
-                raise UserError(f"stage {stage.name!r} has {stage.steps} steps; give a positive number of steps")
+                raise UserError(
+                    f"stage {stage.name!r} has {stage.steps} steps; give a positive number of steps"
+                )
         self.model = model
         self.stages = stages
         self.run_dir = Path(run_dir)
@@ -153,7 +155,9 @@ class Trainer:
     # ------------------------------------------------------------------ optimizers
     def _make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {
-            name: torch.optim.Adam([{"params": [p], "lr": self.learning_rates[name].initial, "name": name}], eps=1e-15)
+            name: torch.optim.Adam(
+                [{"params": [p], "lr": self.learning_rates[name].initial, "name": name}], eps=1e-15
+            )
             for name, p in self.model.splats.items()
         }
 
@@ -234,7 +238,9 @@ class Trainer:
             self.strategy.check_sanity(self.model.splats, self.optimizers)
             if self.strategy_state is None:
                 self.strategy_state = self.strategy.initialize_state(scene_scale=self.config.scene_scale)
-        stats = self.state.history.setdefault(stage.name, {"steps": stage.steps, "seconds": 0.0, "skipped_steps": 0})
+        stats = self.state.history.setdefault(
+            stage.name, {"steps": stage.steps, "seconds": 0.0, "skipped_steps": 0}
+        )
         log.info("stage %s: %d steps from step %d", stage.name, stage.steps, self.state.stage_step)
         bar = tqdm(
             total=stage.steps,
@@ -257,7 +263,10 @@ class Trainer:
                 bar.set_postfix({k: f"{v:.4g}" for k, v in losses.items()}, refresh=False)
             self.state.stage_step += 1
             bar.update(1)
-            if self.state.stage_step % self.config.checkpoint_every == 0 and self.state.stage_step < stage.steps:
+            if (
+                self.state.stage_step % self.config.checkpoint_every == 0
+                and self.state.stage_step < stage.steps
+            ):
                 stats["seconds"] += time.perf_counter() - started
                 started = time.perf_counter()
                 self._summarise(stats, recent)
@@ -286,7 +295,9 @@ class Trainer:
             total = total + weighted
             values[term.name] = float(loss.detach())
         if self.strategy is not None:
-            self.strategy.step_pre_backward(self.model.splats, self.optimizers, self.strategy_state, step, output.meta)
+            self.strategy.step_pre_backward(
+                self.model.splats, self.optimizers, self.strategy_state, step, output.meta
+            )
         for opt in self.optimizers.values():
             opt.zero_grad(set_to_none=True)
         if not torch.isfinite(total):

@@ -1,0 +1,111 @@
+"""Pipelines: one file per method, each a typed config plus a short stage plan for :mod:`recon.train`.
+
+:func:`generate` is the one entry point the CLI and the UI call: validate, load the priors, create
+the run folder (only once the input is known to be good), optimize with checkpoints, export.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from recon.atomic import atomic_write
+from recon.errors import UserError
+from recon.pipelines import stabledreamer
+from recon.runs import config_from_dict, export_run, load_config, new_run_dir, save_config
+
+log = logging.getLogger("sds3d.generate")
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    config_cls: type
+    validate: Callable[[Any], None]
+    load_priors: Callable[[Any], Any]
+    build_trainer: Callable[[Any, Any, Path], Any]
+    check_prompt: Callable[[Any, Any], None]
+
+
+def _check_prompt_stabledreamer(config: Any, priors: Any) -> None:
+    """Encodes the prompt once: unknown words for an embedded prior fail here, before any folder exists."""
+    priors.geometry.encode_prompt([config.prompt], [config.negative_prompt])
+    if priors.color is not priors.geometry:
+        priors.color.encode_prompt([config.prompt], [config.negative_prompt])
+
+
+PIPELINES: dict[str, Pipeline] = {
+    "stabledreamer": Pipeline(
+        stabledreamer.StableDreamerConfig,
+        stabledreamer.validate,
+        stabledreamer.load_priors,
+        stabledreamer.build_trainer,
+        _check_prompt_stabledreamer,
+    ),
+}
+
+
+def get_pipeline(name: str) -> Pipeline:
+    if name not in PIPELINES:
+        raise UserError(f"unknown pipeline {name!r}; choose one of {sorted(PIPELINES)}")
+    return PIPELINES[name]
+
+
+def generate(
+    config: Any | None = None,
+    pipeline: str = "stabledreamer",
+    out_root: str | Path = "outputs",
+    resume: str | Path | None = None,
+    export: bool = True,
+    export_options: dict[str, Any] | None = None,
+) -> Path:
+    """Runs (or resumes) a text-to-3D pipeline and exports its result; returns the run folder."""
+    if resume is not None:
+        run_dir = Path(resume)
+        pipeline, data = load_config(run_dir)
+        spec = get_pipeline(pipeline)
+        config = config_from_dict(spec.config_cls, data)
+        priors = spec.load_priors(config)
+        trainer = spec.build_trainer(config, priors, run_dir)
+        if trainer.checkpoint_path.is_file():
+            trainer.load_checkpoint()
+    else:
+        spec = get_pipeline(pipeline)
+        config = config or spec.config_cls()
+        spec.validate(config)
+        priors = spec.load_priors(config)
+        spec.check_prompt(config, priors)
+        run_dir = new_run_dir(out_root, pipeline, getattr(config, "prompt", pipeline))
+        trainer = spec.build_trainer(config, priors, run_dir)
+        run_dir.mkdir(parents=True)
+        save_config(config, run_dir, pipeline)
+    log.info("run folder: %s", run_dir)
+    trainer.fit()
+    save_turntable(trainer.model, run_dir / "renders" / "turntable.png")
+    if export:
+        export_run(run_dir, **(export_options or {}))
+    return run_dir
+
+
+def save_turntable(model, path: Path, n: int = 8, size: int = 128) -> Path:
+    """A row of ``n`` views around the object (a preview image for galleries)."""
+    from PIL import Image
+
+    from recon.cameras import orbit_cameras
+    from recon.render import render_gaussians
+
+    with torch.no_grad():
+        rgb = render_gaussians(
+            model, orbit_cameras(n, elevation_deg=20.0, distance=3.0, width=size, height=size)
+        ).rgb
+    strip = (
+        (rgb.clamp(0, 1).permute(1, 0, 2, 3).reshape(size, n * size, 3).numpy() * 255)
+        .round()
+        .astype(np.uint8)
+    )
+    return atomic_write(path, lambda tmp: Image.fromarray(strip).save(tmp, format="PNG"))

@@ -37,7 +37,9 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     if backend == "auto":
         backend = "gsplat" if device.type == "cuda" else "cpu"
     if backend == "gsplat" and device.type != "cuda":
-        raise ValueError("the gsplat backend needs CUDA tensors; use backend='cpu' on a machine without a GPU")
+        raise ValueError(
+            "the gsplat backend needs CUDA tensors; use backend='cpu' on a machine without a GPU"
+        )
     if backend in ("cpu", "torch") and device.type != "cpu":
         raise ValueError(f"the {backend} backend renders CPU tensors; move them with .cpu() or use 'gsplat'")
     if backend == "cpu":
@@ -110,7 +112,18 @@ def rasterization(
         )  # fmt: skip
 
     proj: Projection = project_gaussians(
-        means, quats, scales, opacities, viewmats, Ks, width, height, near_plane, far_plane, eps2d, radius_clip
+        means,
+        quats,
+        scales,
+        opacities,
+        viewmats,
+        Ks,
+        width,
+        height,
+        near_plane,
+        far_plane,
+        eps2d,
+        radius_clip,
     )
     C = viewmats.shape[0]
     if sh_degree is not None:
@@ -152,7 +165,11 @@ def rasterization(
 
 
 def _finish(
-    render: Tensor, alphas: Tensor, backgrounds: Tensor | None, render_mode: str, depth_is_expected: bool = False
+    render: Tensor,
+    alphas: Tensor,
+    backgrounds: Tensor | None,
+    render_mode: str,
+    depth_is_expected: bool = False,
 ) -> Tensor:
     """Expected depth and background, applied identically for every backend."""
     has_depth = render_mode != "RGB"

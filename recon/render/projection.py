@@ -87,7 +87,9 @@ def project_gaussians(
         radius_y = torch.ceil(extend * torch.sqrt(c.detach().clamp_min(0)))
         valid = valid & ~((radius_x <= radius_clip) & (radius_y <= radius_clip))
         mx, my = means2d.detach().unbind(-1)
-        on_screen = (mx + radius_x > 0) & (mx - radius_x < width) & (my + radius_y > 0) & (my - radius_y < height)
+        on_screen = (
+            (mx + radius_x > 0) & (mx - radius_x < width) & (my + radius_y > 0) & (my - radius_y < height)
+        )
         valid = valid & on_screen
         radii = torch.where(valid[..., None], torch.stack([radius_x, radius_y], -1), 0.0).to(torch.int32)
 

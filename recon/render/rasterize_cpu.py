@@ -15,13 +15,17 @@ class _RasterizeToPixelsCPU(torch.autograd.Function):
         out_colors, out_alphas, tile_offsets, flat_ids, last_ids = ext.rasterize_forward(
             means2d, conics, colors, opacities, radii, order, width, height, tile_size
         )
-        ctx.save_for_backward(means2d, conics, colors, opacities, radii, tile_offsets, flat_ids, out_alphas, last_ids)
+        ctx.save_for_backward(
+            means2d, conics, colors, opacities, radii, tile_offsets, flat_ids, out_alphas, last_ids
+        )
         ctx.size = (width, height, tile_size)
         return out_colors, out_alphas
 
     @staticmethod
     def backward(ctx, v_colors_out, v_alphas_out):
-        means2d, conics, colors, opacities, radii, tile_offsets, flat_ids, out_alphas, last_ids = ctx.saved_tensors
+        means2d, conics, colors, opacities, radii, tile_offsets, flat_ids, out_alphas, last_ids = (
+            ctx.saved_tensors
+        )
         width, height, tile_size = ctx.size
         ext = load_cpu_extension()
         v_means2d, v_conics, v_colors, v_opacities = ext.rasterize_backward(
@@ -61,6 +65,13 @@ def rasterize_to_pixels_cpu(
         return t.float().contiguous()
 
     return _RasterizeToPixelsCPU.apply(
-        f32(means2d), f32(conics), f32(colors), f32(opacities), radii.int().contiguous(), order, width, height,
+        f32(means2d),
+        f32(conics),
+        f32(colors),
+        f32(opacities),
+        radii.int().contiguous(),
+        order,
+        width,
+        height,
         tile_size,
     )

@@ -27,7 +27,9 @@ def render_textured_sphere(cams: Cameras, supersample: int = 2) -> torch.Tensor:
     ys, xs = torch.meshgrid(torch.arange(hi.height) + 0.5, torch.arange(hi.width) + 0.5, indexing="ij")
     images = []
     for i in range(len(hi)):
-        d_cam = torch.stack([(xs - hi.cx[i]) / hi.fx[i], -(ys - hi.cy[i]) / hi.fy[i], -torch.ones_like(xs)], -1)
+        d_cam = torch.stack(
+            [(xs - hi.cx[i]) / hi.fx[i], -(ys - hi.cy[i]) / hi.fy[i], -torch.ones_like(xs)], -1
+        )
         c2w = hi.camera_to_worlds[i]
         d = torch.nn.functional.normalize(d_cam @ c2w[:3, :3].T, dim=-1)
         o = c2w[:3, 3].expand_as(d)
@@ -60,7 +62,9 @@ def test_gaussians_fit_textured_sphere_to_25db_on_held_out_views():
     n = 3000
     k = torch.arange(n) + 0.5
     phi, theta = torch.acos(1 - 2 * k / n), math.pi * (1 + 5**0.5) * k
-    pts = RADIUS * torch.stack([torch.sin(phi) * torch.cos(theta), torch.cos(phi), torch.sin(phi) * torch.sin(theta)], -1)
+    pts = RADIUS * torch.stack(
+        [torch.sin(phi) * torch.cos(theta), torch.cos(phi), torch.sin(phi) * torch.sin(theta)], -1
+    )
     model = GaussianModel.from_points(pts * 0.9, torch.full((n, 3), 0.5), sh_degree=0, init_opacity=0.5)
     lrs = {"means": 2e-3, "scales": 1e-2, "quats": 1e-2, "opacities": 5e-2, "sh0": 2e-2, "shN": 1e-3}
     opt = torch.optim.Adam([{"params": [p], "lr": lrs[k]} for k, p in model.splats.items()], eps=1e-15)
@@ -76,8 +80,12 @@ def test_gaussians_fit_textured_sphere_to_25db_on_held_out_views():
     with torch.no_grad():
         held_out = render_gaussians(model, cams[test_idx], background=1.0).rgb
         train = render_gaussians(model, cams[train_idx], background=1.0).rgb
-    print(f"train {psnr(train, images[train_idx]):.2f} dB, held-out {psnr(held_out, images[test_idx]):.2f} dB")
+    print(
+        f"train {psnr(train, images[train_idx]):.2f} dB, held-out {psnr(held_out, images[test_idx]):.2f} dB"
+    )
     initial = psnr(torch.full_like(images[test_idx], 0.5), images[test_idx])
     assert psnr(train, images[train_idx]) >= 25.0
-    assert psnr(held_out, images[test_idx]) >= 25.0, f"held-out PSNR {psnr(held_out, images[test_idx]):.2f} dB"
+    assert psnr(held_out, images[test_idx]) >= 25.0, (
+        f"held-out PSNR {psnr(held_out, images[test_idx]):.2f} dB"
+    )
     assert psnr(held_out, images[test_idx]) > initial + 10

@@ -46,7 +46,15 @@ def test_reads_gsplat_exported_ply(tmp_path):
 
     model = _model(2)
     s = model.splats
-    export_splats(s["means"], s["scales"], s["quats"], s["opacities"], s["sh0"], s["shN"], save_to=str(tmp_path / "g.ply"))
+    export_splats(
+        s["means"],
+        s["scales"],
+        s["quats"],
+        s["opacities"],
+        s["sh0"],
+        s["shN"],
+        save_to=str(tmp_path / "g.ply"),
+    )
     loaded = GaussianModel.load_ply(tmp_path / "g.ply")
     for key, value in s.items():
         assert torch.equal(loaded.splats[key], value.detach()), key
@@ -82,12 +90,16 @@ def test_from_points_keeps_colors_and_renders_them():
     pts = torch.zeros(1, 3)
     model = GaussianModel.from_points(pts, torch.tensor([[0.9, 0.1, 0.2]]), init_scale=0.3, init_opacity=0.99)
     out = render_gaussians(model, orbit_cameras(1, width=16, height=16, distance=3.0), background=0.0)
-    torch.testing.assert_close(out.rgb[0, 8, 8] / out.alpha[0, 8, 8], torch.tensor([0.9, 0.1, 0.2]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        out.rgb[0, 8, 8] / out.alpha[0, 8, 8], torch.tensor([0.9, 0.1, 0.2]), atol=1e-4, rtol=0
+    )
 
 
 def test_default_strategy_densifies_on_cpu():
     """gsplat's DefaultStrategy (clone/split/prune) runs on CPU tensors with our renderer's meta."""
-    model = GaussianModel.random_in_sphere(200, radius=0.5, generator=torch.Generator().manual_seed(0), init_opacity=0.5)
+    model = GaussianModel.random_in_sphere(
+        200, radius=0.5, generator=torch.Generator().manual_seed(0), init_opacity=0.5
+    )
     cfg = DensifyConfig(refine_start_iter=0, refine_every=5, grow_grad2d=1e-7, reset_every=10_000)
     strategy = make_strategy(cfg)
     optimizers = {k: torch.optim.Adam([p], lr=1e-3) for k, p in model.splats.items()}

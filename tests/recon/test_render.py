@@ -43,18 +43,24 @@ def _render_and_grads(backend, inputs, cams, sh_degree, render_mode, backgrounds
         sh_degree=sh_degree, render_mode=render_mode, backgrounds=backgrounds, backend=backend,
     )  # fmt: skip
     g = torch.Generator().manual_seed(123)
-    loss = (render * torch.randn(render.shape, generator=g)).sum() + (alphas * torch.randn(alphas.shape, generator=g)).sum()
+    loss = (render * torch.randn(render.shape, generator=g)).sum() + (
+        alphas * torch.randn(alphas.shape, generator=g)
+    ).sum()
     loss.backward()
     grads = [p.grad for p in params] + [viewmats.grad]
     return render.detach(), alphas.detach(), grads, meta
 
 
-needs_ext = pytest.mark.skipif(load_cpu_extension() is None, reason="the C++ CPU rasterizer could not be compiled")
+needs_ext = pytest.mark.skipif(
+    load_cpu_extension() is None, reason="the C++ CPU rasterizer could not be compiled"
+)
 
 
 @needs_ext
 @pytest.mark.parametrize("sh_degree", [None, 0, 1, 2, 3])
-@pytest.mark.parametrize("render_mode,bg", [("RGB", None), ("RGB+ED", "white"), ("RGB+D", "random"), ("ED", None)])
+@pytest.mark.parametrize(
+    "render_mode,bg", [("RGB", None), ("RGB+ED", "white"), ("RGB+D", "random"), ("ED", None)]
+)
 def test_cpu_backend_matches_reference(sh_degree, render_mode, bg):
     inputs = _scene(400, sh_degree, seed=sh_degree or 0)
     cams = _cameras()
@@ -127,7 +133,9 @@ def test_backend_resolution(monkeypatch):
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="gsplat parity needs a CUDA GPU; none on this machine")
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="gsplat parity needs a CUDA GPU; none on this machine"
+)
 def test_gsplat_matches_reference_on_cuda():
     inputs = _scene(400, 2)
     cams = _cameras()
@@ -149,7 +157,9 @@ def test_projection_matches_gsplat_reference_math():
 
     means, quats, scales, opacities, _ = _scene(300, None, seed=5)
     cams = _cameras()
-    proj = project_gaussians(means, quats, scales, opacities, cams.viewmats(), cams.Ks(), cams.width, cams.height)
+    proj = project_gaussians(
+        means, quats, scales, opacities, cams.viewmats(), cams.Ks(), cams.width, cams.height
+    )
     covars, _ = _quat_scale_to_covar_preci(quats, scales, compute_preci=False)
     radii, means2d, depths, conics, _ = _fully_fused_projection(
         means, covars, cams.viewmats(), cams.Ks(), cams.width, cams.height, eps2d=0.3

@@ -9,19 +9,23 @@ from recon.cameras import orbit_cameras
 from recon.errors import UserError
 from recon.gaussians import DensifyConfig, GaussianModel
 from recon.render import render_gaussians
-from recon.train import LossTerm, Stage, Trainer, TrainConfig
+from recon.train import LossTerm, Stage, TrainConfig, Trainer
 
 
-class Killed(Exception):
+class KilledError(Exception):
     pass
 
 
 def _setup(kill_at: int | None = None, nan_at: int | None = None, densify: bool = False):
     cams = orbit_cameras(6, width=24, height=24, distance=3.0)
-    target_model = GaussianModel.random_in_sphere(150, radius=0.6, generator=torch.Generator().manual_seed(1), init_opacity=0.8)
+    target_model = GaussianModel.random_in_sphere(
+        150, radius=0.6, generator=torch.Generator().manual_seed(1), init_opacity=0.8
+    )
     with torch.no_grad():
         targets = render_gaussians(target_model, cams).rgb
-    model = GaussianModel.random_in_sphere(150, radius=0.6, generator=torch.Generator().manual_seed(2), init_opacity=0.5)
+    model = GaussianModel.random_in_sphere(
+        150, radius=0.6, generator=torch.Generator().manual_seed(2), init_opacity=0.5
+    )
 
     def sample(step, gen):
         return torch.randperm(6, generator=gen)[:2]
@@ -37,9 +41,13 @@ def _setup(kill_at: int | None = None, nan_at: int | None = None, densify: bool 
 
     def hook(m, step):
         if kill_at is not None and step == kill_at:
-            raise Killed
+            raise KilledError
 
-    dens = DensifyConfig(refine_start_iter=2, refine_every=4, grow_grad2d=1e-6, reset_every=1000) if densify else None
+    dens = (
+        DensifyConfig(refine_start_iter=2, refine_every=4, grow_grad2d=1e-6, reset_every=1000)
+        if densify
+        else None
+    )
     stages = [
         Stage("a", 12, sample, render, [LossTerm("l1", l1)], densify=dens, on_step_end=hook),
         Stage("b", 8, sample, render, [LossTerm("l1", l1, weight=2.0, weight_end=1.0)]),
@@ -63,7 +71,7 @@ def test_killed_run_resumes_exactly(tmp_path, densify):
         assert history["a"]["loss"]["l1"] > history["b"]["loss"]["l1"]  # it learns
 
     model, stages = _setup(kill_at=7, densify=densify)
-    with pytest.raises(Killed):
+    with pytest.raises(KilledError):
         Trainer(model, stages, tmp_path / "killed", cfg).fit()
     ckpt = torch.load(tmp_path / "killed" / "ckpt" / "last.pt", weights_only=False)
     assert (ckpt["stage_index"], ckpt["stage_step"]) == (0, 5)  # lost at most one interval (steps 5..7)

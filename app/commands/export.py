@@ -1,0 +1,34 @@
+"""``sds3d export``: (re)export a run's result."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+
+import tyro
+
+
+@dataclass
+class ExportCommand:
+    """Export a run as a textured mesh (GLB, OBJ+MTL+PNG) and/or Gaussian splats (PLY, .splat)."""
+
+    run_dir: Annotated[Path, tyro.conf.Positional]
+    """The run folder printed by `sds3d generate`."""
+    format: tuple[Literal["glb", "obj", "ply", "splat"], ...] = ("glb", "obj", "ply", "splat")
+    """What to write into RUN_DIR/export."""
+    faces: int = 20_000
+    """Face budget of the mesh."""
+    texture_size: int = 512
+    """Side of the baked texture in texels."""
+
+    def run(self) -> int:
+        import logging
+
+        from recon.runs import export_run
+
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+        paths = export_run(self.run_dir, tuple(self.format), faces=self.faces, texture_size=self.texture_size)
+        for kind, path in paths.items():
+            print(f"{kind}: {path}")
+        return 0
