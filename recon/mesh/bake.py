@@ -116,17 +116,17 @@ def bake_texture(
     cams = views.cameras
     viewmats = cams.viewmats().float()
     for i in tqdm(range(len(views)), desc="bake texture", leave=False):
-        cam_points = positions @ viewmats[i, :3, :3].T + viewmats[i, :3, 3]
+        # Cull texels facing away first: about half the work of each view.
+        cos = (normals * F.normalize(cams.camera_centers[i].float() - positions, dim=-1)).sum(-1)
+        idx = (cos > min_cos).nonzero().squeeze(-1)
+        cam_points = positions[idx] @ viewmats[i, :3, :3].T + viewmats[i, :3, 3]
         z = cam_points[:, 2]
         u = cams.fx[i] * cam_points[:, 0] / z.clamp_min(1e-8) + cams.cx[i]
         v = cams.fy[i] * cam_points[:, 1] / z.clamp_min(1e-8) + cams.cy[i]
-        to_camera = F.normalize(cams.camera_centers[i].float() - positions, dim=-1)
-        cos = (normals * to_camera).sum(-1)
-        ok = (z > 1e-6) & (u >= 0) & (u < cams.width) & (v >= 0) & (v < cams.height) & (cos > min_cos)
-        idx = ok.nonzero().squeeze(-1)
+        ok = (z > 1e-6) & (u >= 0) & (u < cams.width) & (v >= 0) & (v < cams.height)
+        idx, ui, vi, zi = idx[ok], u[ok], v[ok], z[ok]
         if idx.numel() == 0:
             continue
-        ui, vi, zi = u[idx], v[idx], z[idx]
         depth = _sample(views.depth[i], ui, vi, "nearest")[:, 0]
         alpha = _sample(views.alpha[i], ui, vi, "bilinear")[:, 0]
         visible = (alpha >= alpha_threshold) & ((zi - depth).abs() <= depth_tolerance)
