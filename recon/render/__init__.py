@@ -111,7 +111,11 @@ def rasterization(
             sh_degree, backgrounds, render_mode, eps2d, radius_clip, tile_size,
         )  # fmt: skip
 
-    proj: Projection = project_gaussians(
+    if backend == "cpu":
+        from recon.render.rasterize_cpu import project_gaussians_cpu as project
+    else:
+        project = project_gaussians
+    proj: Projection = project(
         means,
         quats,
         scales,

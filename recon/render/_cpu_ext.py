@@ -1,6 +1,6 @@
 """Builds (once, cached) and loads the compiled CPU rasterizer extension.
 
-The C++/OpenMP source lives in ``csrc/rasterize.cpp``. It is compiled on first use with
+The C++/OpenMP sources live in ``csrc/`` (rasterizer, projection, bindings). It is compiled on first use with
 ``torch.utils.cpp_extension.load`` into ``$SDS3D_CACHE`` (default ``~/.cache/sds3d/torch_extensions``),
 keyed by a hash of the source, the torch version and the compiler flags, so later imports load the
 cached library in milliseconds. If it cannot compile (no compiler, no OpenMP), one warning is
@@ -18,7 +18,9 @@ from types import ModuleType
 
 import torch
 
-_SOURCE = Path(__file__).parent / "csrc" / "rasterize.cpp"
+_CSRC = Path(__file__).parent / "csrc"
+_SOURCES = [_CSRC / "rasterize.cpp", _CSRC / "projection.cpp", _CSRC / "bindings.cpp"]
+_HEADERS = [_CSRC / "ops.h"]
 _CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-std=c++17"]
 _LDFLAGS = ["-fopenmp"]
 
@@ -38,7 +40,8 @@ def _cpu_flags() -> str:
 
 def _build_name() -> str:
     digest = hashlib.sha1()
-    digest.update(_SOURCE.read_bytes())
+    for path in _SOURCES + _HEADERS:
+        digest.update(path.read_bytes())
     digest.update(torch.__version__.encode())
     digest.update(" ".join(_CFLAGS).encode())
     digest.update(_cpu_flags().encode())  # -march=native: never reuse a build on another CPU
@@ -56,7 +59,7 @@ def load_cpu_extension() -> ModuleType | None:
     try:
         return load(
             name=name,
-            sources=[str(_SOURCE)],
+            sources=[str(p) for p in _SOURCES],
             extra_cflags=_CFLAGS,
             extra_ldflags=_LDFLAGS,
             build_directory=str(build_dir),

@@ -75,3 +75,60 @@ def rasterize_to_pixels_cpu(
         height,
         tile_size,
     )
+
+
+class _ProjectCPU(torch.autograd.Function):
+    @staticmethod
+    def forward(
+        ctx, means, quats, scales, opacities, viewmats, Ks, width, height, near, far, eps2d, radius_clip
+    ):
+        ext = load_cpu_extension()
+        means2d, conics, depths, radii = ext.project_forward(
+            means, quats, scales, opacities, viewmats, Ks, width, height, near, far, eps2d, radius_clip
+        )
+        ctx.save_for_backward(means, quats, scales, viewmats, Ks, radii)
+        ctx.settings = (width, height, near, far, eps2d)
+        ctx.mark_non_differentiable(radii)
+        return means2d, conics, depths, radii
+
+    @staticmethod
+    def backward(ctx, v_means2d, v_conics, v_depths, v_radii):
+        means, quats, scales, viewmats, Ks, radii = ctx.saved_tensors
+        width, height, near, far, eps2d = ctx.settings
+
+        def grad(t, like):
+            return torch.zeros_like(like) if t is None else t.float().contiguous()
+
+        v_means, v_quats, v_scales, v_viewmats = load_cpu_extension().project_backward(
+            means, quats, scales, viewmats, Ks, radii, width, height, near, far, eps2d,
+            grad(v_means2d, radii.float()), grad(v_conics, torch.empty(*radii.shape[:2], 3)),
+            grad(v_depths, radii[..., 0].float()),
+        )  # fmt: skip
+        return v_means, v_quats, v_scales, None, v_viewmats, None, None, None, None, None, None, None
+
+
+def project_gaussians_cpu(
+    means: Tensor,  # [N, 3]
+    quats: Tensor,  # [N, 4]
+    scales: Tensor,  # [N, 3]
+    opacities: Tensor,  # [N]
+    viewmats: Tensor,  # [C, 4, 4]
+    Ks: Tensor,  # [C, 3, 3]
+    width: int,
+    height: int,
+    near_plane: float = 0.01,
+    far_plane: float = 1e10,
+    eps2d: float = 0.3,
+    radius_clip: float = 0.0,
+):
+    """The compiled twin of :func:`recon.render.projection.project_gaussians` (same outputs)."""
+    from recon.render.projection import Projection
+
+    def f32(t: Tensor) -> Tensor:
+        return t.float().contiguous()
+
+    means2d, conics, depths, radii = _ProjectCPU.apply(
+        f32(means), f32(quats), f32(scales), f32(opacities.detach()), f32(viewmats), f32(Ks), width, height,
+        near_plane, far_plane, eps2d, radius_clip,
+    )  # fmt: skip
+    return Projection(means2d, conics, depths, radii, opacities.expand(len(viewmats), -1))

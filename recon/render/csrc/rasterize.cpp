@@ -11,16 +11,13 @@
 // Layout: every per-Gaussian tensor is [C, N, ...] (C cameras), contiguous float32.
 // Intersections are bucketed by (camera, tile); inside a bucket Gaussians are in depth order.
 
-#include <torch/extension.h>
+#include "ops.h"
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <vector>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 namespace {
 
@@ -55,21 +52,27 @@ inline PixelRect tile_rect(float mx, float my, int rx, int ry, int width, int he
     return r;
 }
 
-// Pixels of row `dy` (tile-local x range, clipped to [x0, x1]) where the Gaussian can reach
-// alpha >= 1/255, i.e. sigma <= L = ln(255 o). A slightly enlarged L keeps the test conservative:
-// the exact alpha test still decides every pixel inside the span.
-inline bool row_span(float ca, float cb, float cc, float L, float dy, float mx, int tx0, int x0, int x1, int& lo,
-                     int& hi) {
-    const float Lm = L * 1.001f + 1e-3f;
-    const float disc = (cb * cb - ca * cc) * dy * dy + 2.0f * ca * Lm;
-    if (disc < 0.f) return false;
-    const float root = std::sqrt(disc);
-    // sigma(dx) <= Lm for dx in [(-b dy - root) / a, (-b dy + root) / a]; the pixel center is mx - dx.
-    const float dx_lo = (-cb * dy - root) / ca, dx_hi = (-cb * dy + root) / ca;
-    lo = std::max(x0, static_cast<int>(std::ceil(mx - dx_hi - 0.5f - tx0 - 0.01f)));
-    hi = std::min(x1, static_cast<int>(std::floor(mx - dx_lo - 0.5f - tx0 + 0.01f)));
-    return lo <= hi;
-}
+// Rows of a Gaussian's footprint: for row offset dy the pixels with sigma <= L = ln(255 o) (i.e.
+// alpha >= 1/255) have dx = mx - px in [k1 dy - sqrt(k2 dy^2 + k3), k1 dy + sqrt(k2 dy^2 + k3)].
+// L is enlarged slightly so the span is conservative: the exact alpha test still decides each pixel.
+struct RowSpans {
+    float k1, k2, k3;
+    RowSpans(float ca, float cb, float cc, float opacity) {
+        const float L = std::log(255.0f * opacity) * 1.001f + 1e-3f;
+        k1 = -cb / ca;
+        k2 = (cb * cb - ca * cc) / (ca * ca);
+        k3 = 2.0f * L / ca;
+    }
+    // Tile-local pixel range [lo, hi] of the row, clipped to [x0, x1]; false when empty.
+    inline bool span(float dy, float mx, int tx0, int x0, int x1, int& lo, int& hi) const {
+        const float disc = k2 * dy * dy + k3;
+        if (disc < 0.f) return false;
+        const float root = std::sqrt(disc), mid = mx - k1 * dy - 0.5f - tx0;
+        lo = std::max(x0, static_cast<int>(std::ceil(mid - root - 0.01f)));
+        hi = std::min(x1, static_cast<int>(std::floor(mid + root + 0.01f)));
+        return lo <= hi;
+    }
+};
 
 struct Binning {
     std::vector<int64_t> tile_offsets;  // [C * tiles + 1]
@@ -355,11 +358,11 @@ std::vector<torch::Tensor> rasterize_forward(const torch::Tensor& means2d,    //
                 const PixelRect r = tile_rect(mx, my, rad[2 * g], rad[2 * g + 1], W, H, tx0, ty0);
                 const float* cg = col + g * D;
                 const int32_t kk = static_cast<int32_t>(k - start + 1);
-                const float L = std::log(255.0f * op);
+                const RowSpans spans(ca, cb, cc, op);
                 for (int y = r.y0; y <= r.y1; ++y) {
                     const float dy = my - (ty0 + y + 0.5f);
                     int lo, hi;
-                    if (!row_span(ca, cb, cc, L, dy, mx, tx0, r.x0, r.x1, lo, hi)) continue;
+                    if (!spans.span(dy, mx, tx0, r.x0, r.x1, lo, hi)) continue;
                     for (int bx = lo / kBlock; bx <= hi / kBlock; ++bx) {
                         const int p0 = y * kTile + bx * kBlock;
                         int all_done = 1;
@@ -474,11 +477,11 @@ std::vector<torch::Tensor> rasterize_backward(const torch::Tensor& means2d,     
                 const float* cg = col + g * D;
                 gg.clear();
                 std::fill(gcol.begin(), gcol.end(), 0.0f);
-                const float L = std::log(255.0f * op);
+                const RowSpans spans(ca, cb, cc, op);
                 for (int y = r.y0; y <= r.y1; ++y) {
                     const float dy = my - (ty0 + y + 0.5f);
                     int lo, hi;
-                    if (!row_span(ca, cb, cc, L, dy, mx, tx0, r.x0, r.x1, lo, hi)) continue;
+                    if (!spans.span(dy, mx, tx0, r.x0, r.x1, lo, hi)) continue;
                     for (int bx = lo / kBlock; bx <= hi / kBlock; ++bx) {
                         const int p0 = y * kTile + bx * kBlock;
                         if (kk >= block_last[p0 / kBlock]) continue;  // every pixel here stopped in front
@@ -526,18 +529,4 @@ std::vector<torch::Tensor> rasterize_backward(const torch::Tensor& means2d,     
         }
     }
     return {v_means2d, v_conics, v_colors, v_opacities};
-}
-
-int64_t num_threads() {
-#ifdef _OPENMP
-    return omp_get_max_threads();
-#else
-    return 1;
-#endif
-}
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-    m.def("rasterize_forward", &rasterize_forward, "Gaussian rasterization forward (CPU)");
-    m.def("rasterize_backward", &rasterize_backward, "Gaussian rasterization backward (CPU)");
-    m.def("num_threads", &num_threads, "OpenMP threads");
 }
