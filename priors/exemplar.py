@@ -1,0 +1,561 @@
+"""The exemplar prior: the closed-form optimal denoiser of a finite set of exemplar images.
+
+For a data distribution that is the empirical distribution of exemplars ``{x_i}`` (in ``[-1, 1]``),
+the noised distribution at timestep ``t`` is a Gaussian mixture and its exact score is known. With
+``y = x_t / √ᾱ_t`` and ``σ² = (1 − ᾱ_t) / ᾱ_t``, the MMSE denoiser is
+
+    x̂₀ = Σ_i softmax_i(−‖y − x_i‖² / 2σ²) x_i,     ε̂ = (x_t − √ᾱ_t x̂₀) / √(1 − ᾱ_t)
+
+(Karras et al., EDM, https://arxiv.org/abs/2206.00364, Appendix B.3, "ideal denoiser"). Through SDS
+it pulls a render toward the exemplars it is nearest to: at high noise toward their mean, at low noise
+toward the single nearest one. The conditional prediction uses the prompted class's exemplars, the
+unconditional one all known classes, so classifier-free guidance works as for a trained model. When
+the cameras' elevation/azimuth come with the conditioning, exemplars rendered from nearby viewpoints
+are favoured (a Gaussian log-prior on the view angle), which makes the prior view-conditional.
+
+Exemplars are procedural renders of the prompted object (:mod:`recon.data.procedural`), made on
+first use and cached in memory and on disk; any set of labelled images can be used instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from priors.model import CfgConvention, add_noise, classifier_free_guidance, guidance_is_trivial
+from recon.errors import UserError
+
+log = logging.getLogger("sds3d.priors.exemplar")
+
+_VIEW_SUFFIX = re.compile(r",?\s*\b(front|side|back|overhead|top|bottom)\s+view\b", re.IGNORECASE)
+SYNONYMS: dict[str, str] = {
+    "ball": "sphere",
+    "orb": "sphere",
+    "globe": "sphere",
+    "box": "cube",
+    "block": "cube",
+    "dice": "cube",
+    "die": "cube",
+    "donut": "torus",
+    "doughnut": "torus",
+    "ring": "torus",
+    "tube": "cylinder",
+    "pillar": "cylinder",
+    "violet": "purple",
+    "magenta": "pink",
+    "teal": "cyan",
+    "turquoise": "cyan",
+    "crimson": "red",
+    "scarlet": "red",
+    "gold": "yellow",
+    "golden": "yellow",
+    "navy": "blue",
+    "lime": "green",
+}
+"""Words mapped to the procedural vocabulary before parsing."""
+
+_STOP_WORDS = {"a", "an", "the", "of", "one", "some"}
+
+
+def default_cache_dir() -> Path:
+    """``$SDS3D_CACHE_DIR/exemplars`` or ``~/.cache/sds3d/exemplars``."""
+    root = os.environ.get("SDS3D_CACHE_DIR") or Path.home() / ".cache" / "sds3d"
+    return Path(root) / "exemplars"
+
+
+@dataclass
+class ExemplarConfig:
+    """Settings of the exemplar prior."""
+
+    resolution: int = 32
+    """Exemplar (and native) image size in pixels."""
+    views_per_class: int = 96
+    """Procedural renders of the prompted object (conditional set)."""
+    uncond_views_per_class: int = 16
+    """Renders per class in the broad unconditional set (every known shape x color)."""
+    elevation_range_deg: tuple[float, float] = (-10.0, 60.0)
+    """Elevation range of the exemplar cameras."""
+    distance_range: tuple[float, float] = (2.5, 3.5)
+    """Distance range of the exemplar cameras."""
+    fov_range_deg: tuple[float, float] = (35.0, 45.0)
+    """Vertical field of view range of the exemplar cameras."""
+    seed: int = 0
+    """Seed of the exemplar cameras."""
+    view_sigma_deg: float | None = 30.0
+    """Width of the view log-prior (great-circle angle) when the conditioning carries camera angles;
+    ``None`` ignores viewpoints."""
+    match_threshold: float = 0.65
+    """Lowest cosine similarity (MiniLM pooled vectors) for mapping a prompt that names no known object
+    to a caption (pooled vectors separate prompts weakly: "a red cat" is 0.60 from "a red cone")."""
+    num_train_timesteps: int = 1000
+    """Length of the noise schedule (DDPM linear betas 1e-4 .. 0.02)."""
+    cache_dir: Path | None = field(default_factory=default_cache_dir)
+    """Where procedural renders are cached on disk (``None``: memory only)."""
+    render_max_steps: int = 32
+    """Sphere-tracing iterations of the procedural renders."""
+
+
+@dataclass
+class ExemplarConditioning:
+    """Which exemplar classes condition each image, and from where it is seen."""
+
+    prompts: list[str]
+    """The prompts as given."""
+    keys: list[str]
+    """Class (caption) each prompt maps to."""
+    negative_keys: list[str | None]
+    """Class of each negative prompt; ``None`` means all classes (the unconditional mixture)."""
+    elevation_deg: Tensor | None = None  # [B]
+    """Camera elevation per image (enables the view log-prior)."""
+    azimuth_deg: Tensor | None = None  # [B]
+    """Camera azimuth per image."""
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+class ExemplarSet:
+    """Labelled exemplar images in memory: ``{caption: images [N, 3, H, W] in [0, 1]}``."""
+
+    def __init__(self, images: Mapping[str, Tensor], views: Mapping[str, Tensor] | None = None) -> None:
+        """Args:
+        images: Exemplars per class caption, ``[N, 3, H, W]`` in ``[0, 1]``.
+        views: Optional ``[N, 2]`` (elevation, azimuth) in degrees per class.
+        """
+        if not images:
+            raise ValueError("an exemplar set needs at least one class")
+        sizes = {tuple(v.shape[-2:]) for v in images.values()}
+        if len(sizes) != 1:
+            raise ValueError(f"all exemplars must share one image size, got {sizes}")
+        self._images = {k: v.float() for k, v in images.items()}
+        self._views = dict(views) if views is not None else {}
+        self.resolution = int(next(iter(sizes))[0])
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self._images)
+
+    def images(self, key: str, n: int | None = None) -> Tensor:  # [N, 3, H, W] in [0, 1]
+        return self._images[key][:n]
+
+    def views(self, key: str, n: int | None = None) -> Tensor | None:  # [N, 2]
+        v = self._views.get(key)
+        return None if v is None else v[:n]
+
+
+class ProceduralExemplars:
+    """Exemplars rendered on demand from :mod:`recon.data.procedural` (every shape x color).
+
+    Each shape is rendered once with a white albedo; a color's exemplar is exactly
+    ``albedo * (rgb_white − (1 − α)) + (1 − α)`` (the shading is linear in the albedo). Renders of a
+    shape are cached by view prefix, in memory and on disk.
+    """
+
+    def __init__(self, config: ExemplarConfig) -> None:
+        from recon.data import procedural
+
+        self.config = config
+        self.resolution = config.resolution
+        self._procedural = procedural
+        self._key_to_class = {
+            procedural.caption(s, c): (s, c) for s in procedural.SHAPES for c in procedural.COLORS
+        }
+        self._renders: dict[str, tuple[Tensor, Tensor]] = {}  # shape -> (rgb_white, alpha) [N, 3, H, W]
+        self.cameras = self._cameras(max(config.views_per_class, config.uncond_views_per_class))
+        """The exemplar cameras; class images are renders from a prefix of them."""
+        self._views = torch.stack([self.cameras.elevation_deg, self.cameras.azimuth_deg], dim=-1)  # [V, 2]
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self._key_to_class)
+
+    @property
+    def shapes(self) -> tuple[str, ...]:
+        return tuple(self._procedural.SHAPES)
+
+    @property
+    def colors(self) -> tuple[str, ...]:
+        return tuple(self._procedural.COLORS)
+
+    def _cameras(self, n: int):
+        from recon.cameras import sample_hemisphere_cameras
+
+        cfg = self.config
+        return sample_hemisphere_cameras(
+            n,
+            elevation_range_deg=cfg.elevation_range_deg,
+            distance_range=cfg.distance_range,
+            fov_range_deg=cfg.fov_range_deg,
+            width=cfg.resolution,
+            height=cfg.resolution,
+            generator=torch.Generator().manual_seed(cfg.seed),
+        )
+
+    def _cache_path(self, shape: str) -> Path | None:
+        cfg = self.config
+        if cfg.cache_dir is None:
+            return None
+        name = (
+            f"{shape}-r{cfg.resolution}-s{cfg.seed}-el{cfg.elevation_range_deg}-d{cfg.distance_range}"
+            f"-fov{cfg.fov_range_deg}-p{len(self.cameras)}-m{cfg.render_max_steps}-v1.pt"
+        )
+        return Path(cfg.cache_dir) / name.replace(" ", "").replace("(", "").replace(")", "").replace(",", "_")
+
+    def _white_renders(self, shape: str, n: int) -> tuple[Tensor, Tensor]:
+        if n > len(self.cameras):
+            raise ValueError(f"asked for {n} exemplars, the camera pool has {len(self.cameras)}")
+        cached = self._renders.get(shape)
+        path = self._cache_path(shape)
+        if cached is None and path is not None and path.is_file():
+            data = torch.load(path, map_location="cpu", weights_only=True)
+            cached = (data["rgb"], data["alpha"])
+        if cached is not None and cached[0].shape[0] >= n:
+            self._renders[shape] = cached
+            return cached[0][:n], cached[1][:n]
+        done = 0 if cached is None else cached[0].shape[0]
+        cams = self.cameras[done:n]
+        log.info("rendering %d exemplars of a %s at %d px", len(cams), shape, self.config.resolution)
+        rgb, alpha, _ = self._procedural.render_primitive(
+            shape, (1.0, 1.0, 1.0), cams, max_steps=self.config.render_max_steps
+        )
+        rgb, alpha = rgb.permute(0, 3, 1, 2).contiguous(), alpha.permute(0, 3, 1, 2).contiguous()
+        if cached is not None:
+            rgb, alpha = torch.cat([cached[0], rgb]), torch.cat([cached[1], alpha])
+        self._renders[shape] = (rgb, alpha)
+        if path is not None:
+            _atomic_torch_save({"rgb": rgb, "alpha": alpha}, path)
+        return rgb[:n], alpha[:n]
+
+    def images(self, key: str, n: int | None = None) -> Tensor:  # [N, 3, H, W] in [0, 1]
+        shape, color = self._key_to_class[key]
+        n = self.config.views_per_class if n is None else n
+        white, alpha = self._white_renders(shape, n)
+        albedo = torch.tensor(self._procedural.COLORS[color]).view(1, 3, 1, 1)
+        background = 1.0 - alpha
+        return (albedo * (white - background) + background).clamp(0.0, 1.0)
+
+    def views(self, key: str, n: int | None = None) -> Tensor:  # [N, 2]
+        n = self.config.views_per_class if n is None else n
+        return self._views[:n]
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@dataclass
+class _ExemplarMatrix:
+    images: Tensor  # [N, D] float64 in [-1, 1]
+    sq_norms: Tensor  # [N]
+    directions: Tensor | None  # [N, 3] unit view directions (float64)
+
+
+def _view_directions(angles: Tensor) -> Tensor:  # [N, 2] (elevation, azimuth) degrees -> [N, 3]
+    el, az = torch.deg2rad(angles[:, 0].double()), torch.deg2rad(angles[:, 1].double())
+    return torch.stack([el.cos() * az.sin(), el.sin(), el.cos() * az.cos()], dim=-1)
+
+
+def optimal_denoiser(
+    x_t: Tensor,  # [B, D]
+    alpha_bar: Tensor,  # [B]
+    exemplars: Tensor,  # [N, D] in [-1, 1]
+    log_prior: Tensor | None = None,  # [B, N]
+    exemplar_sq_norms: Tensor | None = None,  # [N], ‖x_i‖² (precomputed)
+) -> Tensor:  # [B, D]
+    """``x̂₀ = E[x₀ | x_t]`` under the empirical distribution of ``exemplars`` (optionally reweighted by
+    ``log_prior``). Distances are computed in float64: at small ``t`` the softmax is very sharp."""
+    a = alpha_bar.double().view(-1, 1)
+    y = x_t.double() / a.sqrt()
+    sigma2 = ((1.0 - a) / a).clamp_min(1e-12)
+    ex = exemplars if exemplars.dtype == torch.float64 else exemplars.double()
+    sq = (ex * ex).sum(-1) if exemplar_sq_norms is None else exemplar_sq_norms
+    d2 = (y * y).sum(-1, keepdim=True) - 2.0 * y @ ex.T + sq[None]  # [B, N]
+    logits = -d2.clamp_min(0.0) / (2.0 * sigma2)
+    if log_prior is not None:
+        logits = logits + log_prior.double()
+    weights = torch.softmax(logits, dim=-1)
+    return (weights @ ex).to(x_t.dtype)
+
+
+class ExemplarPrior:
+    """A pixel-space prior whose denoiser is the exact MMSE denoiser of an exemplar set.
+
+    It has the interface of :class:`priors.model.DiffusionPrior` that SDS and sampling use.
+    """
+
+    is_latent = False
+    prediction_type = "epsilon"
+    vae_scale_factor = 1
+    latent_channels = 3
+    kind = "pixel-exemplar"
+
+    def __init__(
+        self,
+        exemplars: ExemplarSet | ProceduralExemplars,
+        config: ExemplarConfig | None = None,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        """Args:
+        exemplars: Where the exemplars come from.
+        config: Settings (the exemplar-related ones are read by :class:`ProceduralExemplars`).
+        device: Device of the predictions.
+        """
+        self.config = config or ExemplarConfig()
+        self.exemplars = exemplars
+        self.device = torch.device(device)
+        self.resolution = exemplars.resolution
+        self.latent_size = exemplars.resolution
+        self.num_train_timesteps = self.config.num_train_timesteps
+        betas = torch.linspace(1e-4, 0.02, self.num_train_timesteps, dtype=torch.float64)
+        self.alphas_cumprod = torch.cumprod(1.0 - betas, dim=0).float().to(self.device)
+        self.source = "embedded-exemplar" if isinstance(exemplars, ProceduralExemplars) else "exemplars"
+        self._sets: dict[tuple[str | None, str | None], _ExemplarMatrix] = {}
+        self._pooled: Tensor | None = None
+
+    @classmethod
+    def from_procedural(
+        cls, config: ExemplarConfig | None = None, device: str | torch.device = "cpu"
+    ) -> ExemplarPrior:
+        """The embedded exemplar prior over the procedural primitives (``SHAPES`` x ``COLORS``)."""
+        config = config or ExemplarConfig()
+        return cls(ProceduralExemplars(config), config, device)
+
+    @classmethod
+    def from_images(
+        cls,
+        images: Mapping[str, Tensor],
+        views: Mapping[str, Tensor] | None = None,
+        config: ExemplarConfig | None = None,
+        device: str | torch.device = "cpu",
+    ) -> ExemplarPrior:
+        """A prior over given exemplars ``{caption: [N, 3, H, W] in [0, 1]}``."""
+        return cls(ExemplarSet(images, views), config, device)
+
+    @property
+    def vocabulary(self) -> list[str]:
+        """The captions (classes) the prior knows."""
+        return self.exemplars.classes
+
+    def info(self) -> dict[str, Any]:
+        """A summary for ``sds3d prior info``."""
+        out: dict[str, Any] = {
+            "source": self.source,
+            "kind": self.kind,
+            "resolution": self.resolution,
+            "prediction_type": self.prediction_type,
+            "num_train_timesteps": self.num_train_timesteps,
+            "exemplars_per_class": self.config.views_per_class,
+        }
+        if isinstance(self.exemplars, ProceduralExemplars):
+            out["shapes"] = ", ".join(self.exemplars.shapes)
+            out["colors"] = ", ".join(self.exemplars.colors)
+        out["vocabulary"] = f"{len(self.vocabulary)} captions, e.g. {', '.join(self.vocabulary[:3])}"
+        return out
+
+    # Prompt -> class ----------------------------------------------------------------------------
+    def match_prompt(self, prompt: str) -> str:
+        """Maps a prompt to a known caption.
+
+        Known words (after :data:`SYNONYMS`; view suffixes such as ", front view" dropped) are parsed
+        first: a caption all of whose content words are in the prompt wins. A prompt that names a
+        caption's object (its last word, e.g. "cube") but not all its words maps to the nearest
+        caption of that object by MiniLM cosine. Anything else maps to the nearest caption if the
+        cosine reaches ``config.match_threshold``.
+
+        Raises:
+            UserError: if nothing known is near enough; the message lists the vocabulary.
+        """
+        text = _VIEW_SUFFIX.sub("", prompt).strip()
+        words = _content_words(text)
+        vocab = {key: _content_words(key) for key in self.vocabulary}
+        full = [k for k, kw in vocab.items() if kw and kw <= words]
+        if full:
+            return max(full, key=lambda k: len(vocab[k]))
+        same_object = [k for k in self.vocabulary if _object_word(k) in words]
+        candidates = same_object or list(vocab)
+        if len(candidates) == 1 and same_object:
+            return candidates[0]
+        from priors.text import encode_pooled
+
+        if self._pooled is None:
+            self._pooled = encode_pooled(self.vocabulary)
+        query = encode_pooled([text])[0]
+        index = {k: i for i, k in enumerate(self.vocabulary)}
+        sims = {k: float(self._pooled[index[k]] @ query) for k in candidates}
+        best = max(sims, key=sims.get)
+        if same_object or sims[best] >= self.config.match_threshold:
+            log.info("prompt %r mapped to the exemplar class %r (cosine %.2f)", prompt, best, sims[best])
+            return best
+        raise UserError(
+            f"the exemplar prior does not know {prompt!r} (closest: {best!r}, similarity {sims[best]:.2f} < "
+            f"{self.config.match_threshold}). It knows {self._vocabulary_summary()}"
+        )
+
+    def _vocabulary_summary(self) -> str:
+        if isinstance(self.exemplars, ProceduralExemplars):
+            return (
+                f"a <color> <shape> with shape in {', '.join(self.exemplars.shapes)} and color in "
+                f"{', '.join(self.exemplars.colors)} (e.g. 'a red cube')"
+            )
+        return ", ".join(repr(k) for k in self.vocabulary)
+
+    def encode_prompt(
+        self,
+        prompts: list[str],
+        negative: list[str] | None = None,
+        elevation_deg: Tensor | None = None,  # [B]
+        azimuth_deg: Tensor | None = None,  # [B]
+    ) -> ExemplarConditioning:
+        """Maps prompts (and negatives) to exemplar classes; keeps the camera angles if given.
+
+        An empty or ``None`` negative means the unconditional mixture over every class; a negative
+        that matches no class falls back to it, with a logged warning.
+        """
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        keys = [self.match_prompt(p) for p in prompts]
+        negative = [""] * len(prompts) if negative is None else list(negative)
+        if len(negative) == 1 and len(prompts) > 1:
+            negative = negative * len(prompts)
+        if len(negative) != len(prompts):
+            raise UserError(f"got {len(negative)} negative prompts for {len(prompts)} prompts")
+        negative_keys: list[str | None] = []
+        for text in negative:
+            if not text.strip():
+                negative_keys.append(None)
+                continue
+            try:
+                negative_keys.append(self.match_prompt(text))
+            except UserError:
+                log.warning("negative prompt %r matches no exemplar class; using all classes", text)
+                negative_keys.append(None)
+        if (elevation_deg is None) != (azimuth_deg is None):
+            raise ValueError("pass both elevation_deg and azimuth_deg, or neither")
+        return ExemplarConditioning(list(prompts), keys, negative_keys, elevation_deg, azimuth_deg)
+
+    # The diffusion interface ------------------------------------------------------------------
+    def encode_images(self, x: Tensor) -> Tensor:  # [B, 3, H, W] in [0, 1] -> [-1, 1]
+        """Pixel prior: maps images to ``[-1, 1]``."""
+        return x * 2.0 - 1.0
+
+    def decode(self, latents: Tensor) -> Tensor:  # [B, 3, H, W] -> [0, 1]
+        """Maps ``[-1, 1]`` images back to ``[0, 1]``."""
+        return ((latents + 1.0) / 2.0).clamp(0.0, 1.0)
+
+    def add_noise(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:  # [B, 3, H, W], [B]
+        """``x_t = √ᾱ_t x₀ + √(1−ᾱ_t) ε``."""
+        return add_noise(self.alphas_cumprod, x0, noise, t)
+
+    def exemplar_set(self, key: str | None, cond_key: str) -> _ExemplarMatrix:
+        """The exemplars of a class (``None``: all classes) as a float64 ``[N, D]`` matrix in ``[-1, 1]``.
+
+        The unconditional set is every class at ``uncond_views_per_class`` views, with the
+        conditional class at its full ``views_per_class``.
+        """
+        cache_key = (key, cond_key if key is None else None)
+        if cache_key not in self._sets:
+            if key is not None:
+                parts = [(self.exemplars.images(key), self.exemplars.views(key))]
+            else:
+                n = self.config.uncond_views_per_class
+                parts = [
+                    (self.exemplars.images(k, n), self.exemplars.views(k, n))
+                    for k in self.vocabulary
+                    if k != cond_key
+                ]
+                parts.append((self.exemplars.images(cond_key), self.exemplars.views(cond_key)))
+            images = torch.cat([p[0] for p in parts])
+            views = None if any(p[1] is None for p in parts) else torch.cat([p[1] for p in parts])
+            flat = (images.double() * 2.0 - 1.0).reshape(images.shape[0], -1).to(self.device)
+            directions = None if views is None else _view_directions(views).to(self.device)
+            self._sets[cache_key] = _ExemplarMatrix(flat, (flat * flat).sum(-1), directions)
+        return self._sets[cache_key]
+
+    def _view_log_prior(
+        self, ex: _ExemplarMatrix, cond: ExemplarConditioning, rows: list[int]
+    ) -> Tensor | None:
+        sigma = self.config.view_sigma_deg
+        if sigma is None or ex.directions is None or cond.elevation_deg is None:
+            return None
+        el = cond.elevation_deg.reshape(-1)[rows].cpu()
+        az = cond.azimuth_deg.reshape(-1)[rows].cpu()
+        cams = _view_directions(torch.stack([el, az], dim=-1)).to(self.device)
+        angle = torch.acos((cams @ ex.directions.T).clamp(-1.0, 1.0))  # [G, N]
+        return -(angle**2) / (2.0 * math.radians(sigma) ** 2)
+
+    def denoise(self, x_t: Tensor, t: Tensor, cond: ExemplarConditioning, which: str) -> Tensor:
+        """``x̂₀ [B, 3, H, W]`` from the conditional (``which="cond"``) or unconditional mixture.
+
+        Images that share a class are denoised in one batched product.
+        """
+        n = x_t.shape[0]
+        if len(cond) not in (1, n):
+            raise ValueError(f"conditioning has batch {len(cond)}, images have {n}")
+        alpha_bar = self.alphas_cumprod.to(x_t.device)[t.long()]
+        rows = list(range(n)) if len(cond) == n else [0] * n
+        groups: dict[tuple[str | None, str], list[int]] = {}
+        for b, c in enumerate(rows):
+            key = cond.keys[c] if which == "cond" else cond.negative_keys[c]
+            groups.setdefault((key, cond.keys[c]), []).append(b)
+        out = torch.empty_like(x_t)
+        flat = x_t.reshape(n, -1)
+        for (key, cond_key), members in groups.items():
+            ex = self.exemplar_set(key, cond_key)
+            log_prior = self._view_log_prior(ex, cond, [rows[b] for b in members])
+            x0 = optimal_denoiser(flat[members], alpha_bar[members], ex.images, log_prior, ex.sq_norms)
+            out[members] = x0.view(len(members), *x_t.shape[1:])
+        return out
+
+    def predict_noise(
+        self,
+        x_t: Tensor,  # [B, 3, H, W] in the [-1, 1] image space, noised
+        t: Tensor,  # [B] integer timesteps
+        cond: ExemplarConditioning,
+        guidance_scale: float = 7.5,
+        cfg_convention: CfgConvention = "diffusers",
+    ) -> Tensor:  # [B, 3, H, W]
+        """ε̂ from the optimal denoiser, with classifier-free guidance between class and all classes."""
+        if x_t.shape[-2:] != (self.resolution, self.resolution):
+            raise ValueError(
+                f"images must be {self.resolution}x{self.resolution}, got {tuple(x_t.shape[-2:])}"
+            )
+        t = t.reshape(-1).expand(x_t.shape[0]) if t.numel() == 1 else t
+        t = t.to(x_t.device).long()
+        a = self.alphas_cumprod.to(x_t.device)[t].view(-1, 1, 1, 1)
+
+        def eps_from(x0: Tensor) -> Tensor:
+            return (x_t - a.sqrt() * x0) / (1.0 - a).sqrt()
+
+        eps_cond = eps_from(self.denoise(x_t, t, cond, "cond"))
+        if guidance_is_trivial(guidance_scale, cfg_convention):
+            return eps_cond
+        eps_uncond = eps_from(self.denoise(x_t, t, cond, "uncond"))
+        return classifier_free_guidance(eps_uncond, eps_cond, guidance_scale, cfg_convention)
+
+
+def _object_word(caption: str) -> str:
+    words = re.findall(r"[a-z]+", caption.lower())
+    return SYNONYMS.get(words[-1], words[-1]) if words else ""
+
+
+def _content_words(text: str) -> set[str]:
+    words = re.findall(r"[a-z]+", text.lower())
+    return {SYNONYMS.get(w, w) for w in words if w not in _STOP_WORDS}
