@@ -5,7 +5,7 @@ density function, so it serves 3D Gaussians and NeRFs alike:
 
 1. render ``n_views`` cameras around the object (rgb, z-depth, alpha);
 2. extract a surface: TSDF fusion of the rendered depth (open3d), or marching cubes on a density field
-   (e.g. :func:`~recon.mesh.extract.gaussian_density`);
+   (e.g. :class:`~recon.mesh.gaussian_field.GaussianDensityField`);
 3. clean it (main component, holes, normals) and decimate it to a face budget;
 4. unwrap UVs (xatlas), bake the rendered colors into a texture, dilate across seams;
 5. write ``model.glb`` and ``model.obj`` / ``model.mtl`` / ``texture.png`` atomically.
@@ -25,7 +25,8 @@ import torch
 from recon.errors import UserError
 from recon.mesh.bake import BakedTexture, bake_texture, dilate_texture
 from recon.mesh.cleanup import clean_mesh, keep_largest_components, simplify_mesh
-from recon.mesh.extract import DensityFn, extract_density_mesh, fuse_tsdf, gaussian_density
+from recon.mesh.extract import DensityFn, extract_density_mesh, fuse_tsdf, grid_points
+from recon.mesh.gaussian_field import GaussianDensityField, gaussian_density, gaussian_density_grid
 from recon.mesh.io import write_glb, write_obj
 from recon.mesh.raster import rasterize_uv
 from recon.mesh.uv import UVMesh, unwrap_uv
@@ -34,6 +35,7 @@ from recon.mesh.views import RenderedViews, RenderFn, export_cameras, render_vie
 __all__ = [
     "BakedTexture",
     "DensityFn",
+    "GaussianDensityField",
     "MeshExportConfig",
     "RenderFn",
     "RenderedViews",
@@ -46,6 +48,8 @@ __all__ = [
     "extract_density_mesh",
     "fuse_tsdf",
     "gaussian_density",
+    "gaussian_density_grid",
+    "grid_points",
     "keep_largest_components",
     "rasterize_uv",
     "render_views",
@@ -133,7 +137,9 @@ def export_mesh(
         render_fn: ``cameras -> (rgb, z-depth, alpha)``, see :mod:`recon.mesh.views`.
         out_dir: Folder to write into (created if missing), e.g. ``<run>/export``.
         config: Settings; defaults when None.
-        density_fn: ``points [M, 3] -> density [M]``; required for ``method="marching_cubes"``.
+        density_fn: ``points [M, 3] -> density [M]``; required for ``method="marching_cubes"``. For 3D
+            Gaussians pass a :class:`~recon.mesh.gaussian_field.GaussianDensityField` (it splats onto
+            the grid: ~6 s for 20k Gaussians at 96^3 on 2 cores, ~20x faster than point queries).
         **overrides: Fields of :class:`MeshExportConfig` to override, e.g. ``max_faces=10_000``.
 
     Returns:
@@ -146,7 +152,7 @@ def export_mesh(
     if cfg.method not in ("tsdf", "marching_cubes"):
         raise UserError(f"unknown mesh extraction method {cfg.method!r}; use 'tsdf' or 'marching_cubes'")
     if cfg.method == "marching_cubes" and density_fn is None:
-        raise UserError("method='marching_cubes' needs a density_fn (e.g. gaussian_density of the scene)")
+        raise UserError("method='marching_cubes' needs a density_fn (e.g. GaussianDensityField of the scene)")
     started = time.perf_counter()
     cameras = export_cameras(
         cfg.n_views, cfg.center, cfg.radius, cfg.image_size, cfg.fov_deg, cfg.elevations_deg

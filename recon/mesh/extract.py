@@ -25,78 +25,6 @@ DensityFn = Callable[[Tensor], Tensor]
 OPEN3D_INSTALL_HINT = "pip install open3d-cpu==0.19.0  (0.20 needs the system library libusb-1.0-0)"
 
 
-def quaternion_to_rotation(quats_wxyz: Tensor) -> Tensor:
-    """Rotation matrices ``[N, 3, 3]`` from (not necessarily unit) quaternions ``[N, 4]`` (w, x, y, z)."""
-    w, x, y, z = torch.nn.functional.normalize(quats_wxyz, dim=-1).unbind(-1)
-    return torch.stack(
-        [
-            torch.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)], -1),
-            torch.stack([2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)], -1),
-            torch.stack([2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1),
-        ],
-        dim=-2,
-    )
-
-
-@torch.no_grad()
-def gaussian_density(
-    means: Tensor,  # [N, 3]
-    quats_wxyz: Tensor,  # [N, 4]
-    scales: Tensor,  # [N, 3] standard deviations (not log-scales)
-    opacities: Tensor,  # [N] in [0, 1] (not logits)
-    points: Tensor,  # [M, 3]
-    cutoff_sigmas: float = 3.0,
-    point_chunk: int = 8192,
-    max_pairs: int = 4_000_000,
-) -> Tensor:  # [M]
-    """Opacity field of 3D Gaussians: ``sum_i o_i exp(-1/2 (p - mu_i)^T Sigma_i^-1 (p - mu_i))``.
-
-    Points are processed in chunks; for each chunk only the Gaussians whose ``cutoff_sigmas`` box meets
-    the chunk's bounding box are evaluated (grid-ordered points make chunks compact), and those in
-    batches of at most ``max_pairs / point_chunk``. Memory stays ``O(max_pairs)`` whatever ``N`` and ``M``.
-
-    Args:
-        means: Gaussian centers.
-        quats_wxyz: Rotations as quaternions (w, x, y, z).
-        scales: Per-axis standard deviations.
-        opacities: Opacities in [0, 1].
-        points: Query points.
-        cutoff_sigmas: Contributions beyond this many standard deviations (of the largest axis) are
-            dropped; ``exp(-4.5) ~ 1%`` at 3.
-        point_chunk: Points per chunk.
-        max_pairs: Upper bound on (point, Gaussian) pairs evaluated at once.
-
-    Returns:
-        The density at each point.
-    """
-    device = points.device
-    means, scales, opacities = (
-        means.float().to(device),
-        scales.float().to(device),
-        opacities.float().to(device),
-    )
-    # Sigma^-1 = R diag(1/s^2) R^T, so mahalanobis^2 = |diag(1/s) R^T (p - mu)|^2.
-    inv_sqrt_cov = (
-        quaternion_to_rotation(quats_wxyz.float().to(device)).transpose(-1, -2) / scales[:, :, None]
-    )
-    reach = scales.amax(dim=-1, keepdim=True) * cutoff_sigmas
-    lo_g, hi_g = means - reach, means + reach
-    out = torch.zeros(points.shape[0], device=device)
-    gauss_chunk = max(1, max_pairs // point_chunk)
-    for start in range(0, points.shape[0], point_chunk):
-        p = points[start : start + point_chunk].float()
-        lo_p, hi_p = p.amin(0), p.amax(0)
-        near = ((hi_g >= lo_p) & (lo_g <= hi_p)).all(dim=-1).nonzero().squeeze(-1)
-        acc = torch.zeros(p.shape[0], device=device)
-        for g0 in range(0, near.numel(), gauss_chunk):
-            idx = near[g0 : g0 + gauss_chunk]
-            diff = p[:, None, :] - means[idx][None]  # [P, G, 3]
-            local = torch.einsum("gij,pgj->pgi", inv_sqrt_cov[idx], diff)
-            acc += (opacities[idx][None] * torch.exp(-0.5 * (local * local).sum(-1))).sum(-1)
-        out[start : start + point_chunk] = acc
-    return out
-
-
 def grid_points(bounds_min: Sequence[float], bounds_max: Sequence[float], resolution: int) -> Tensor:
     """Points ``[R^3, 3]`` of a ``resolution^3`` grid spanning the box, ordered x-major (i, j, k)."""
     axes = [torch.linspace(float(lo), float(hi), resolution) for lo, hi in zip(bounds_min, bounds_max)]
@@ -117,7 +45,9 @@ def extract_density_mesh(
     The grid is padded with zero density, so a surface that reaches the box is closed at its faces.
 
     Args:
-        density_fn: ``points [M, 3] -> density [M]``; higher inside the object.
+        density_fn: ``points [M, 3] -> density [M]``; higher inside the object. If it also has a
+            ``sample_grid(bounds_min, bounds_max, resolution) -> [R, R, R]`` method (as
+            :class:`~recon.mesh.gaussian_field.GaussianDensityField`), that is used instead.
         bounds_min: Lower corner of the box, world units.
         bounds_max: Upper corner of the box.
         resolution: Samples per axis.
@@ -132,10 +62,13 @@ def extract_density_mesh(
     """
     from skimage.measure import marching_cubes
 
-    points = grid_points(bounds_min, bounds_max, resolution)
-    values = torch.cat(
-        [density_fn(points[s : s + chunk_size]).float().cpu() for s in range(0, len(points), chunk_size)]
-    )
+    if hasattr(density_fn, "sample_grid"):  # e.g. GaussianDensityField: splats onto the grid, much faster
+        values = density_fn.sample_grid(bounds_min, bounds_max, resolution).float().cpu()
+    else:
+        points = grid_points(bounds_min, bounds_max, resolution)
+        values = torch.cat(
+            [density_fn(points[s : s + chunk_size]).float().cpu() for s in range(0, len(points), chunk_size)]
+        )
     volume = np.pad(values.reshape(resolution, resolution, resolution).numpy(), 1, constant_values=0.0)
     if not volume.min() < level < volume.max():
         raise UserError(

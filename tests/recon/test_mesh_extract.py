@@ -12,7 +12,13 @@ import trimesh
 from recon.errors import UserError
 from recon.mesh.analytic_scene import TexturedSphere
 from recon.mesh.cleanup import clean_mesh, keep_largest_components, simplify_mesh
-from recon.mesh.extract import extract_density_mesh, fuse_tsdf, gaussian_density, quaternion_to_rotation
+from recon.mesh.extract import extract_density_mesh, fuse_tsdf, grid_points
+from recon.mesh.gaussian_field import (
+    GaussianDensityField,
+    gaussian_density,
+    gaussian_density_grid,
+    quaternion_to_rotation,
+)
 from recon.mesh.views import export_cameras, render_views
 
 SPHERE = TexturedSphere()
@@ -66,6 +72,24 @@ def test_gaussian_density_matches_dense_reference_with_tiny_chunks():
     assert (want - cut).max() < 0.05 and (want - cut).min() > -1e-6
 
 
+def test_gaussian_density_grid_splatting_matches_point_queries():
+    g = torch.Generator().manual_seed(2)
+    n = 400
+    means = torch.rand(n, 3, generator=g) * 1.6 - 0.8
+    quats = torch.randn(n, 4, generator=g)
+    scales = torch.rand(n, 3, generator=g) * 0.08 + 0.01
+    scales[0] = 0.6  # one big Gaussian: its window is clipped by the grid
+    opacities = torch.rand(n, generator=g)
+    lo, hi, res = [-1.0, -0.9, -1.1], [1.0, 1.2, 0.9], 24
+    grid = gaussian_density_grid(means, quats, scales, opacities, lo, hi, res, cutoff_sigmas=6.0)
+    want = dense_gaussian_density(means, quats, scales, opacities, grid_points(lo, hi, res))
+    assert grid.shape == (res, res, res)
+    assert torch.allclose(grid.reshape(-1), want, atol=1e-4, rtol=1e-4)
+    field = GaussianDensityField(means, quats, scales, opacities)
+    default = field.sample_grid(lo, hi, res).reshape(-1)
+    assert (want - default).max() < 0.05 and (want - default).min() > -1e-5  # 3-sigma cutoff only drops
+
+
 def test_marching_cubes_on_analytic_sphere_volume_and_radius():
     c = np.asarray(SPHERE.center)
     mesh = extract_density_mesh(SPHERE.density, c - 1.0, c + 1.0, resolution=64, level=0.5)
@@ -86,8 +110,7 @@ def test_marching_cubes_on_gaussian_lattice_follows_the_level_set():
     plateau = float(gaussian_density(means, quats, scales, opacities, torch.zeros(1, 3)))
     level = 0.5 * plateau
 
-    def density(points):
-        return gaussian_density(means, quats, scales, opacities, points)
+    density = GaussianDensityField(means, quats, scales, opacities)
 
     mesh = extract_density_mesh(density, [-0.9] * 3, [0.9] * 3, resolution=48, level=level)
     assert mesh.is_watertight and mesh.volume > 0
