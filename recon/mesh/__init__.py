@@ -101,8 +101,8 @@ class MeshExportConfig:
     texture_size: int = 1024
     """Side of the square texture, in texels."""
     depth_tolerance: float | None = None
-    """Bake: largest mesh-vs-rendered depth difference (world units) for a texel to count as seen;
-    ``max(2 voxels, 2% of radius)`` when None."""
+    """Bake: how far (world units) a texel may lie behind a view's rendered depth and still count as seen
+    there; ``max(2 voxels, 2% of radius)`` when None."""
     bake_alpha_threshold: float = 0.9
     """Bake: smallest rendered alpha at a texel's projection for it to count as seen."""
     angle_power: float = 2.0

@@ -2,10 +2,10 @@
 
 For each texel covered by the UV layout we know a 3D position and normal (:mod:`recon.mesh.raster`).
 Each view contributes the color at the texel's projection if the texel is visible there (in the
-image, in front of the camera, on the rendered object, and at the rendered depth within a tolerance),
-weighted by ``cos(normal, direction to the camera) ** angle_power``. Texels no view saw take the color
-of the nearest seen texel in 3D; finally colors are dilated into the empty texels around every chart
-so that bilinear filtering and mipmaps never mix in background at UV seams.
+image, in front of the camera, on the rendered object, and not behind the rendered depth by more than a
+tolerance), weighted by ``cos(normal, direction to the camera) ** angle_power``. Texels no view saw
+take the color of the nearest seen texel in 3D; finally colors are dilated into the empty texels
+around every chart so that bilinear filtering and mipmaps never mix in background at UV seams.
 """
 
 from __future__ import annotations
@@ -93,8 +93,8 @@ def bake_texture(
         mesh: Mesh with UVs (see :func:`recon.mesh.uv.unwrap_uv`).
         views: Rendered views of the scene the mesh was extracted from.
         texture_size: Side of the square texture, in texels.
-        depth_tolerance: Largest difference, in world units, between a texel's depth in a view and the
-            rendered depth there for the texel to count as visible.
+        depth_tolerance: How far, in world units, a texel may lie behind the rendered depth of a view
+            and still count as visible there (texels in front of it always do).
         alpha_threshold: Smallest rendered alpha (bilinear, so it also drops silhouette pixels) at a
             texel's projection for the texel to count as visible.
         angle_power: Exponent of the cosine view weight; larger favours head-on views.
@@ -129,7 +129,9 @@ def bake_texture(
             continue
         depth = _sample(views.depth[i], ui, vi, "nearest")[:, 0]
         alpha = _sample(views.alpha[i], ui, vi, "bilinear")[:, 0]
-        visible = (alpha >= alpha_threshold) & ((zi - depth).abs() <= depth_tolerance)
+        # Occlusion is one-sided: a texel in front of the rendered surface hides nothing behind it (an
+        # iso-surface of a Gaussian field lies a little outside the rendered expected depth).
+        visible = (alpha >= alpha_threshold) & (zi - depth <= depth_tolerance)
         idx, ui, vi = idx[visible], ui[visible], vi[visible]
         weight = cos[idx] ** angle_power
         color_sum.index_add_(0, idx, _sample(views.rgb[i], ui, vi, "bilinear") * weight[:, None])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -78,6 +80,16 @@ def test_bake_texture_matches_the_analytic_texture(unwrapped, all_round_views):
     err = np.abs(baked.image[face_index >= 0] - analytic_color_at(points))
     assert err.mean() < 0.01 and np.quantile(err, 0.99) < 0.05
     assert baked.image[baked.covered].std(axis=0).min() > 0.1  # a pattern, not one flat color
+
+
+def test_bake_accepts_a_surface_in_front_of_the_rendered_depth_but_not_behind_it(unwrapped, all_round_views):
+    """An iso-surface of a Gaussian field sits outside the rendered expected depth: it must still bake."""
+    c = np.asarray(SPHERE.center, dtype=np.float32)
+    inflated = replace(unwrapped, vertices=c + (unwrapped.vertices - c) * 1.08)  # 6 cm in front
+    baked = bake_texture(inflated, all_round_views, TEXTURE, depth_tolerance=0.02)
+    assert baked.seen_fraction > 0.99
+    shrunk = replace(unwrapped, vertices=c + (unwrapped.vertices - c) * 0.92)  # 6 cm behind: occluded
+    assert bake_texture(shrunk, all_round_views, TEXTURE, depth_tolerance=0.02).seen_fraction == 0.0
 
 
 def test_bake_pads_seams_without_background_bleed(unwrapped, all_round_views):
