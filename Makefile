@@ -41,5 +41,10 @@ lint: install
 bench: install
 	$(BIN)/python bench/render.py
 
+# The main job on the embedded default prior: text -> textured mesh (GLB, OBJ+MTL+PNG) + splats.
+DEMO_PROMPT ?= a red cube
+demo: install
+	$(BIN)/sds3d generate "$(DEMO_PROMPT)" --out outputs
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

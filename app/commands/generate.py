@@ -28,6 +28,8 @@ class GenerateCommand:
     """Optimization steps."""
     seed: int = 0
     """Random seed."""
+    checkpoint_every: int = 100
+    """Steps between checkpoints (a killed run loses at most this many)."""
     out: Path = Path("outputs")
     """Root of the output tree."""
     resume: Path | None = None
@@ -51,6 +53,7 @@ class GenerateCommand:
             config = StableDreamerConfig(
                 prompt=self.prompt, prior=self.prior, color_prior=self.color_prior,
                 allow_download=self.allow_download, steps=self.steps, seed=self.seed,
+                checkpoint_every=self.checkpoint_every,
             )  # fmt: skip
         run_dir = generate(
             config, self.pipeline, self.out, resume=self.resume, export=not self.no_export,
