@@ -90,7 +90,7 @@ def judge(glb: Path, color: str, shape: str, size: int = 48) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=10, help="number of prompts (max %d)" % len(PROMPTS))
+    parser.add_argument("--n", type=int, default=10, help=f"number of prompts (max {len(PROMPTS)})")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--prior", default="embedded")
     parser.add_argument("--out", type=Path, default=None, help="keep the runs here (default: a temp dir)")

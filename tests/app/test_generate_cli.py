@@ -98,8 +98,8 @@ def test_export_of_a_run_writes_every_format(tmp_path, capsys):
     import trimesh
 
     out = tmp_path / "outputs"
-    code = main(["generate", "a blue sphere", "--prior", "embedded-exemplar", "--steps", "40", "--faces", "3000",
-                 "--texture-size", "128", "--out", str(out)])  # fmt: skip
+    args = ["generate", "a blue sphere", "--prior", "embedded-exemplar", "--steps", "40"]
+    code = main([*args, "--faces", "3000", "--texture-size", "128", "--out", str(out)])
     assert code == 0
     run_dir = next(out.glob("stabledreamer/*"))
     export = run_dir / "export"
