@@ -168,7 +168,9 @@ def export_mesh(
     log.info("extracted %d faces (%s)", len(raw.faces), cfg.method)
     mesh = clean_mesh(raw, cfg.max_components, cfg.min_component_fraction)
     uv_mesh = unwrap_uv(mesh, cfg.texture_size, cfg.max_faces)
-    tolerance = cfg.depth_tolerance or max(2.0 * cfg.voxel_size, 0.02 * cfg.radius)
+    tolerance = cfg.depth_tolerance
+    if tolerance is None:
+        tolerance = max(2.0 * cfg.voxel_size, 0.02 * cfg.radius)
     baked = bake_texture(
         uv_mesh,
         views,

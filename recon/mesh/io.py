@@ -11,7 +11,8 @@ Atomic writes: every file is first written into a hidden temporary folder inside
 (same file system), flushed and fsynced, and only then moved into place with ``os.replace``. An
 export that fails or is interrupted leaves no partial file in the target folder: each target file is
 either the complete new one or whatever was there before. (A ``SIGKILL`` can leave the hidden
-``.tmp-export-*`` folder behind, never a half-written ``model.*``.)
+``.tmp-export-*`` folder behind, never a half-written ``model.*``; the next export into the folder
+removes such leftovers once they are an hour old.)
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import io
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,6 +33,7 @@ from PIL import Image
 from recon.mesh.uv import UVMesh
 
 MATERIAL_NAME = "material0"
+TEMP_PREFIX = ".tmp-export-"
 
 
 def texture_to_image(texture: np.ndarray) -> Image.Image:
@@ -56,6 +59,14 @@ def textured_trimesh(mesh: UVMesh, texture: np.ndarray) -> trimesh.Trimesh:
     )
 
 
+def remove_stale_temp_folders(out_dir: Path, older_than_s: float = 3600.0) -> None:
+    """Deletes temporary folders that a killed export left in ``out_dir`` (untouched for an hour)."""
+    now = time.time()
+    for path in out_dir.glob(f"{TEMP_PREFIX}*"):
+        if path.is_dir() and now - path.stat().st_mtime > older_than_s:
+            shutil.rmtree(path, ignore_errors=True)
+
+
 @contextmanager
 def atomic_folder(out_dir: str | os.PathLike) -> Iterator[Path]:
     """Yields a temporary folder inside ``out_dir``; on success moves its files into ``out_dir``.
@@ -64,7 +75,8 @@ def atomic_folder(out_dir: str | os.PathLike) -> Iterator[Path]:
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-export-", dir=out))
+    remove_stale_temp_folders(out)
+    tmp = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=out))
     try:
         yield tmp
         for path in sorted(tmp.iterdir()):

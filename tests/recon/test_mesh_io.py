@@ -107,6 +107,17 @@ def test_a_crash_mid_write_leaves_no_partial_file_and_keeps_the_old_export(
     assert after == before  # nothing new, nothing half-written, no temp folder left
 
 
+def test_leftovers_of_a_killed_export_are_removed_once_stale(tmp_path, baked_sphere):
+    uv_mesh, texture = baked_sphere
+    stale, recent = tmp_path / ".tmp-export-killed", tmp_path / ".tmp-export-running"
+    for folder in (stale, recent):
+        folder.mkdir()
+        (folder / "model.obj").write_bytes(b"v 0 0")  # half a file
+    os.utime(stale, (0, 0))
+    mesh_io.write_glb(tmp_path / "model.glb", uv_mesh, texture)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".tmp-export-running", "model.glb"]
+
+
 def test_export_mesh_marching_cubes_end_to_end(tmp_path):
     paths = export_mesh(
         SPHERE,
