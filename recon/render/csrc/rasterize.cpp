@@ -148,10 +148,7 @@ inline int forward_block(int p0, float fx0, float dy, float ca, float cb, float 
         w[p] = wp;
         T[p] = take ? next_T : T[p];
         last[p] = take ? kk : last[p];
-        if (DC >= 1) acc[0 * kPix + p] += wp * cg[0];
-        if (DC >= 2) acc[1 * kPix + p] += wp * cg[1];
-        if (DC >= 3) acc[2 * kPix + p] += wp * cg[2];
-        if (DC >= 4) acc[3 * kPix + p] += wp * cg[3];
+        for (int d = 0; d < DC; ++d) acc[d * kPix + p] += wp * cg[d];  // DC == 0: second loop below
     }
     if (DC == 0) {
         for (int64_t d = 0; d < D; ++d) {
@@ -180,7 +177,8 @@ template <int DC>
 inline void backward_block(int p0, float fx0, float dy, float ca, float cb, float cc, float op, const float* cg,
                            int32_t kk, float* T, const float* Tf, const float* va, const int32_t* last,
                            const float* vc, float* acc, GaussianGrad& gg) {
-    const float c0 = cg[0], c1 = DC >= 2 ? cg[1] : 0.f, c2 = DC >= 3 ? cg[2] : 0.f, c3 = DC >= 4 ? cg[3] : 0.f;
+    float cgd[4] = {0.f, 0.f, 0.f, 0.f};
+    for (int d = 0; d < DC; ++d) cgd[d] = cg[d];
     float* __restrict__ L = &gg.lane[0][0];
 #pragma omp simd
     for (int i = 0; i < kBlock; ++i) {
@@ -194,29 +192,11 @@ inline void backward_block(int p0, float fx0, float dy, float ca, float cb, floa
         const float Tk = T[p] * inv;  // transmittance in front of this Gaussian
         const float wk = active ? alpha * Tk : 0.0f;
         float v_alpha = va[p] * Tf[p] * inv;
-        {
-            const float v = vc[0 * kPix + p];
-            L[6 * kBlock + i] += wk * v;
-            v_alpha += v * (c0 * Tk - acc[0 * kPix + p] * inv);
-            acc[0 * kPix + p] += c0 * wk;
-        }
-        if (DC >= 2) {
-            const float v = vc[1 * kPix + p];
-            L[7 * kBlock + i] += wk * v;
-            v_alpha += v * (c1 * Tk - acc[1 * kPix + p] * inv);
-            acc[1 * kPix + p] += c1 * wk;
-        }
-        if (DC >= 3) {
-            const float v = vc[2 * kPix + p];
-            L[8 * kBlock + i] += wk * v;
-            v_alpha += v * (c2 * Tk - acc[2 * kPix + p] * inv);
-            acc[2 * kPix + p] += c2 * wk;
-        }
-        if (DC >= 4) {
-            const float v = vc[3 * kPix + p];
-            L[9 * kBlock + i] += wk * v;
-            v_alpha += v * (c3 * Tk - acc[3 * kPix + p] * inv);
-            acc[3 * kPix + p] += c3 * wk;
+        for (int d = 0; d < DC; ++d) {  // DC is a compile-time constant: unrolled
+            const float v = vc[d * kPix + p];
+            L[(6 + d) * kBlock + i] += wk * v;
+            v_alpha += v * (cgd[d] * Tk - acc[d * kPix + p] * inv);
+            acc[d * kPix + p] += cgd[d] * wk;
         }
         T[p] = active ? Tk : T[p];
         const bool unclamped = active & (op * vis < kMaxAlpha);
