@@ -329,6 +329,7 @@ class ExemplarPrior:
         self.source = "embedded-exemplar" if isinstance(exemplars, ProceduralExemplars) else "exemplars"
         self._sets: dict[tuple[str | None, str | None], _ExemplarMatrix] = {}
         self._pooled: Tensor | None = None
+        self._matches: dict[str, str] = {}
 
     @classmethod
     def from_procedural(
@@ -370,6 +371,13 @@ class ExemplarPrior:
         out["vocabulary"] = f"{len(self.vocabulary)} captions, e.g. {', '.join(self.vocabulary[:3])}"
         return out
 
+    def to(self, device: str | torch.device) -> ExemplarPrior:
+        """Moves the predictions (and cached exemplar matrices) to ``device``."""
+        self.device = torch.device(device)
+        self.alphas_cumprod = self.alphas_cumprod.to(self.device)
+        self._sets.clear()
+        return self
+
     # Prompt -> class ----------------------------------------------------------------------------
     def match_prompt(self, prompt: str) -> str:
         """Maps a prompt to a known caption.
@@ -383,6 +391,11 @@ class ExemplarPrior:
         Raises:
             UserError: if nothing known is near enough; the message lists the vocabulary.
         """
+        if prompt not in self._matches:
+            self._matches[prompt] = self._match_prompt(prompt)
+        return self._matches[prompt]
+
+    def _match_prompt(self, prompt: str) -> str:
         text = _VIEW_SUFFIX.sub("", prompt).strip()
         words = _content_words(text)
         vocab = {key: _content_words(key) for key in self.vocabulary}

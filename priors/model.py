@@ -375,7 +375,10 @@ class DiffusionPrior:
     def _encode_text(self, texts: list[str]) -> tuple[Tensor, Tensor]:
         import torch
 
-        max_length = min(int(getattr(self.tokenizer, "model_max_length", _MAX_TOKENS) or _MAX_TOKENS), 512)
+        # SD: the tokenizer's 77; IF: 77 T5 tokens (its pipeline's choice, not T5's 512).
+        max_length = min(
+            int(getattr(self.tokenizer, "model_max_length", _MAX_TOKENS) or _MAX_TOKENS), _MAX_TOKENS
+        )
         tokens = self.tokenizer(
             texts, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt"
         )

@@ -8,7 +8,6 @@ nearest-phrase look-up; FINDINGS.md: pooled vectors separate prompts only weakly
 
 from __future__ import annotations
 
-import os
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -43,12 +42,18 @@ def load_sentence_encoder():  # -> tuple[PreTrainedTokenizerBase, PreTrainedMode
     Returns:
         ``(tokenizer, model)``; the model is a ``transformers`` BERT encoder with frozen parameters.
     """
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     path = sentence_encoder_path()
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    model = AutoModel.from_pretrained(path, local_files_only=True)
+    bar_was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # no "Loading weights" bar for a 90 MB local file
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        model = AutoModel.from_pretrained(path, local_files_only=True)
+    finally:
+        if bar_was_on:
+            hf_logging.enable_progress_bar()
     model.eval().requires_grad_(False)
     return tokenizer, model
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from app.cli import main
@@ -14,6 +15,10 @@ from app.cli import main
 @pytest.fixture(autouse=True)
 def _exemplar_cache(monkeypatch, tmp_path_factory) -> None:
     monkeypatch.setenv("SDS3D_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "sds3d-cache"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: see tests/priors/test_exemplar.py::_one_thread
+    yield
+    torch.set_num_threads(threads)
 
 
 def test_sample_writes_a_grid_of_the_prompted_object(tmp_path: Path, capsys) -> None:
