@@ -5,7 +5,11 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # CPU wheel of torch when no NVIDIA driver is present (a plain `torch` pulls a multi-GB CUDA build).
 TORCH_CPU ?= torch==2.13.0
-APT_PACKAGES ?=
+# open3d-cpu links libGL / libX11 / libgomp.
+APT_PACKAGES ?= libgl1 libx11-6 libgomp1
+# torch / open3d OpenMP workers spin-wait by default; on a shared 2-core machine that makes small ops
+# 10-20x slower. Passive waiting costs nothing measurable when the machine is idle.
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: install system-deps test lint demo bench clean
 
