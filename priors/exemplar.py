@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import pickle
 import re
 import tempfile
 from collections.abc import Mapping
@@ -217,8 +218,12 @@ class ProceduralExemplars:
         cached = self._renders.get(shape)
         path = self._cache_path(shape)
         if cached is None and path is not None and path.is_file():
-            data = torch.load(path, map_location="cpu", weights_only=True)
-            cached = (data["rgb"], data["alpha"])
+            try:
+                data = torch.load(path, map_location="cpu", weights_only=True)
+                cached = (data["rgb"], data["alpha"])
+            except (OSError, RuntimeError, EOFError, KeyError, pickle.UnpicklingError) as err:  # render again
+                log.warning("ignoring the unreadable exemplar cache %s (%s)", path, err)
+                cached = None
         if cached is not None and cached[0].shape[0] >= n:
             self._renders[shape] = cached
             return cached[0][:n], cached[1][:n]

@@ -156,6 +156,8 @@ def test_exemplar_cache_on_disk_is_reused(tmp_path: Path) -> None:
     assert len(files) == 1 and not list(tmp_path.glob("*.tmp"))
     again = ExemplarPrior.from_procedural(config).exemplars.images("a blue cone")
     torch.testing.assert_close(first, again)
+    files[0].write_bytes(b"not a torch file")  # a corrupt cache is rendered again, not fatal
+    torch.testing.assert_close(ExemplarPrior.from_procedural(config).exemplars.images("a blue cone"), first)
 
 
 def test_registry_builds_the_embedded_exemplar_prior(monkeypatch, tmp_path: Path) -> None:
