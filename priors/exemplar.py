@@ -394,7 +394,8 @@ class ExemplarPrior:
         cosine reaches ``config.match_threshold``.
 
         Raises:
-            UserError: if nothing known is near enough; the message lists the vocabulary.
+            UserError: if nothing known is near enough (the message lists the vocabulary), or if the
+                prompt names several known objects.
         """
         if prompt not in self._matches:
             self._matches[prompt] = self._match_prompt(prompt)
@@ -406,7 +407,14 @@ class ExemplarPrior:
         vocab = {key: _content_words(key) for key in self.vocabulary}
         full = [k for k, kw in vocab.items() if kw and kw <= words]
         if full:
-            return max(full, key=lambda k: len(vocab[k]))
+            longest = max(len(vocab[k]) for k in full)
+            best_full = [k for k in full if len(vocab[k]) == longest]
+            if len(best_full) > 1:
+                raise UserError(
+                    f"{prompt!r} names several objects the exemplar prior knows ({', '.join(best_full)}); "
+                    "it draws one object: name one"
+                )
+            return best_full[0]
         same_object = [k for k in self.vocabulary if _object_word(k) in words]
         candidates = same_object or list(vocab)
         if len(candidates) == 1 and same_object:

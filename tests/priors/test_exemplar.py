@@ -136,7 +136,9 @@ def test_prompts_map_to_the_procedural_vocabulary(procedural_prior: ExemplarPrio
         match("a cat")
     assert "sphere, cube, cone, cylinder, torus" in str(err.value) and "red" in str(err.value)
     with pytest.raises(UserError):
-        match("a red cat")  # a known color alone is not enough (cosine 0.60 < threshold)
+        match("a red cat")
+    with pytest.raises(UserError, match="several"):
+        match("a red cube and a blue sphere")  # a known color alone is not enough (cosine 0.60 < threshold)
 
 
 def test_recolored_exemplars_equal_direct_renders(procedural_prior: ExemplarPrior) -> None:
