@@ -80,19 +80,20 @@ class ExemplarConfig:
 
     resolution: int = 32
     """Exemplar (and native) image size in pixels."""
-    views_per_class: int = 96
+    views_per_class: int = 160
     """Procedural renders of the prompted object (conditional set)."""
     uncond_views_per_class: int = 16
     """Renders per class in the broad unconditional set (every known shape x color)."""
     elevation_range_deg: tuple[float, float] = (-10.0, 60.0)
     """Elevation range of the exemplar cameras."""
-    distance_range: tuple[float, float] = (2.5, 3.5)
-    """Distance range of the exemplar cameras."""
-    fov_range_deg: tuple[float, float] = (35.0, 45.0)
-    """Vertical field of view range of the exemplar cameras."""
+    distance_range: tuple[float, float] = (3.0, 3.0)
+    """Distance range of the exemplar cameras. Keep it equal to the SDS cameras' (the text-to-3D
+    pipelines render at distance 3): exemplars at other distances blur and shrink the result."""
+    fov_range_deg: tuple[float, float] = (40.0, 40.0)
+    """Vertical field of view range of the exemplar cameras (the SDS cameras use 40 degrees)."""
     seed: int = 0
     """Seed of the exemplar cameras."""
-    view_sigma_deg: float | None = 30.0
+    view_sigma_deg: float | None = 20.0
     """Width of the view log-prior (great-circle angle) when the conditioning carries camera angles;
     ``None`` ignores viewpoints."""
     match_threshold: float = 0.65

@@ -81,13 +81,13 @@ class StableDreamerConfig:
     """Gray level of the background the Gaussians are rendered over (the embedded prior uses white)."""
     sds: SDSConfig = field(
         default_factory=lambda: SDSConfig(
-            guidance_scale=15.0, t_min=0.02, t_max=0.98, anneal="linear", t_max_end=0.35, weighting="1-alpha"
+            guidance_scale=15.0, t_min=0.02, t_max=0.98, anneal="linear", t_max_end=0.25, weighting="1-alpha"
         )
     )
     """Score distillation settings; the timestep range anneals over each stage."""
     color_guidance_scale: float = 0.0
     """Guidance of the color stage (0: same as ``sds.guidance_scale``)."""
-    opacity_reg: float = 0.01
+    opacity_reg: float = 0.001
     """Weight of the mean-opacity penalty (fewer, more decisive Gaussians; fewer floaters)."""
     scale_reg: float = 0.1
     """Weight of the penalty on Gaussians larger than ``max_scale`` or more elongated than ``max_aniso``."""
