@@ -16,15 +16,21 @@ from typing import Annotated, Union
 
 import tyro
 
+from app.commands.app import AppCommand
+from app.commands.batch import BatchCommand
 from app.commands.export import ExportCommand
 from app.commands.generate import GenerateCommand
 from app.commands.prior import PriorCommand
+from app.commands.reconstruct import ReconstructCommand
 from recon.errors import UserError
 
 Commands = Union[  # noqa: UP007 - tyro reads the Union
     Annotated[GenerateCommand, tyro.conf.subcommand("generate")],
     Annotated[ExportCommand, tyro.conf.subcommand("export")],
     Annotated[PriorCommand, tyro.conf.subcommand("prior")],
+    Annotated[ReconstructCommand, tyro.conf.subcommand("reconstruct")],
+    Annotated[BatchCommand, tyro.conf.subcommand("batch")],
+    Annotated[AppCommand, tyro.conf.subcommand("app")],
 ]
 
 

@@ -1,0 +1,66 @@
+"""``sds3d batch``: reconstruct many inputs, locally or on a Ray cluster, with a resumable manifest."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+
+import tyro
+
+
+@dataclass
+class BatchCommand:
+    """Reconstruct many inputs; each gets its own folder, OUT/manifest.jsonl records every job, done
+    jobs are skipped on a rerun and a failing input never stops the others."""
+
+    inputs: Annotated[tuple[Path, ...], tyro.conf.Positional] = ()
+    """Videos, image folders, transforms.json files or COLMAP folders."""
+    list: Path | None = None
+    """A text file with one input per line (blank lines and # comments ignored)."""
+    executor: Literal["local", "ray"] = "local"
+    """local: one job after another in this process; ray: one Ray task per input."""
+    address: str | None = None
+    """Ray cluster address (e.g. auto or ray://head:10001); default: start a local Ray."""
+    retries: int = 1
+    """Extra attempts of a job after an unexpected error (bad input is not retried)."""
+    out: Path = Path("outputs/batch")
+    """Output root: one folder per input plus manifest.jsonl."""
+    max_frames: int = 60
+    """Keyframes taken from a video at most."""
+    steps: int = 1500
+    """Optimization steps per job."""
+    resolution: int = 0
+    """Longer image side used for fitting (0: the input's)."""
+    seed: int = 0
+    """Random seed."""
+
+    def all_inputs(self) -> list[str]:
+        from recon.errors import UserError
+
+        items = [str(p) for p in self.inputs]
+        if self.list is not None:
+            if not self.list.is_file():
+                raise UserError(
+                    f"--list {self.list} does not exist; pass a text file with one input per line"
+                )
+            lines = (ln.strip() for ln in self.list.read_text().splitlines())
+            items += [ln for ln in lines if ln and not ln.startswith("#")]
+        if not items:
+            raise UserError("no inputs; pass paths (sds3d batch a.mp4 b.mp4) or --list FILE")
+        return items
+
+    def run(self) -> int:
+        import logging
+
+        from recon.batch import BatchOptions, run_batch, summary_table
+        from recon.pipelines.video_recon import reconstruct_config
+
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+        config = reconstruct_config(self.max_frames, self.steps, self.resolution, self.seed)
+        config.progress_bar = False
+        options = BatchOptions(executor=self.executor, address=self.address, retries=self.retries)
+        records = run_batch(self.all_inputs(), config, self.out, options)
+        print(summary_table(records))
+        print(f"manifest: {self.out / 'manifest.jsonl'}")
+        return 0 if all(r["status"] != "failed" for r in records) else 1
