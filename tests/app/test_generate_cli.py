@@ -58,24 +58,25 @@ def test_killed_generate_resumes_from_its_last_checkpoint(tmp_path):
     out = tmp_path / "outputs"
     cmd = [sys.executable, "-m", "app.cli", "generate", "a red cube", "--prior", "embedded-exemplar",
            "--steps", "60", "--checkpoint-every", "10", "--no-export", "--out", str(out)]  # fmt: skip
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "HF_HUB_OFFLINE": "1"}
-    )
-    deadline = time.time() + 240
+    log = (tmp_path / "run.log").open("w")  # a file, not a pipe: tqdm output must never block the run
+    proc = subprocess.Popen(cmd, stdout=log, stderr=log, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    deadline = time.time() + 600
     ckpt = None
-    while time.time() < deadline:
+    while time.time() < deadline and proc.poll() is None:
         found = list(out.glob("stabledreamer/*/ckpt/last.pt"))
         if found:
-            ckpt = found[0]
-            state = torch.load(ckpt, weights_only=False)
+            state = torch.load(found[0], weights_only=False)
             if state["stage_index"] == 0 and state["stage_step"] >= 10:
+                ckpt = found[0]
                 break
-        if proc.poll() is not None:
-            break
         time.sleep(0.2)
+    assert ckpt is not None, (
+        f"no checkpoint within the deadline; log: {(tmp_path / 'run.log').read_text()[-2000:]}"
+    )
     assert proc.poll() is None, "the run finished before it could be killed; make it longer"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    log.close()
     killed_at = torch.load(ckpt, weights_only=False)
     run_dir = ckpt.parent.parent
     done = subprocess.run(
