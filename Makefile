@@ -5,8 +5,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # CPU wheel of torch when no NVIDIA driver is present (a plain `torch` pulls a multi-GB CUDA build).
 TORCH_CPU ?= torch==2.13.0
-# open3d-cpu links libGL / libX11 / libgomp.
-APT_PACKAGES ?= libgl1 libx11-6 libgomp1
+# open3d-cpu links libGL / libX11 / libgomp; the browser test drives Debian's chromium with
+# Playwright's Python client (never a downloaded browser).
+APT_PACKAGES ?= libgl1 libx11-6 libgomp1 chromium
 # torch / open3d OpenMP workers spin-wait by default; on a shared 2-core machine that makes small ops
 # 10-20x slower. Passive waiting costs nothing measurable when the machine is idle.
 export OMP_WAIT_POLICY ?= PASSIVE
