@@ -41,7 +41,7 @@ def time_step(prior, batch: int, repeats: int, prompt: str = "a red cube") -> fl
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=4, help="renders per SDS step (the pipeline's views per step)")
+    parser.add_argument("--batch", type=int, default=4, help="renders per SDS step (views per step)")
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args()
     result: dict[str, float] = {}
