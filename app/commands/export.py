@@ -21,6 +21,9 @@ class ExportCommand:
     """Face budget of the mesh."""
     texture_size: int = 512
     """Side of the baked texture in texels."""
+    method: Literal["auto", "marching_cubes", "tsdf"] = "auto"
+    """Surface extraction: auto = marching cubes on the Gaussians' opacity field for text-to-3D runs,
+    TSDF fusion of rendered depth for reconstructed scenes."""
 
     def run(self) -> int:
         import logging
@@ -28,7 +31,10 @@ class ExportCommand:
         from recon.runs import export_run
 
         logging.basicConfig(level=logging.INFO, format="%(message)s")
-        paths = export_run(self.run_dir, tuple(self.format), faces=self.faces, texture_size=self.texture_size)
+        method = None if self.method == "auto" else self.method
+        paths = export_run(
+            self.run_dir, tuple(self.format), faces=self.faces, texture_size=self.texture_size, method=method
+        )
         for kind, path in paths.items():
             print(f"{kind}: {path}")
         return 0
