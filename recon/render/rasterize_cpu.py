@@ -59,7 +59,7 @@ def rasterize_to_pixels_cpu(
     tile_size: int = 16,
 ) -> tuple[Tensor, Tensor]:  # [C, H, W, D], [C, H, W, 1]
     """Front-to-back compositing of projected Gaussians with the compiled C++/OpenMP kernels."""
-    order = torch.argsort(depths.detach(), dim=-1, stable=True).contiguous()
+    order = load_cpu_extension().depth_order(depths.detach().float().contiguous())  # = stable argsort
 
     def f32(t: Tensor) -> Tensor:
         return t.float().contiguous()

@@ -98,6 +98,38 @@ def test_cpu_backend_many_channels_and_large_image():
         assert (g_cpu - g_ref).abs().max() / g_ref.abs().max() < 1e-3
 
 
+@needs_ext
+def test_depth_order_is_a_stable_argsort():
+    ext = load_cpu_extension()
+    g = torch.Generator().manual_seed(0)
+    for shape in [(1, 10_000), (3, 777), (2, 1)]:
+        depths = torch.randn(*shape, generator=g) * 5
+        depths[..., ::7] = depths[..., :1].clone()  # ties keep index order
+        depths[..., 3::11] = -depths[..., 3::11].abs()  # negative keys sort first
+        assert torch.equal(ext.depth_order(depths), torch.argsort(depths, dim=-1, stable=True))
+
+
+@needs_ext
+def test_cpu_backend_is_deterministic_across_thread_counts():
+    means, quats, scales, opacities, colors = _scene(3000, None, seed=3)
+    cams = orbit_cameras(2, elevation_deg=15.0, distance=3.0, fov_deg=45.0, width=70, height=50)
+    params = [t.clone().requires_grad_() for t in (means, quats, scales, opacities, colors)]
+    threads = torch.get_num_threads()
+    outputs = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            render, alphas, _ = rasterization(*params, cams.viewmats(), cams.Ks(), 70, 50, backend="cpu")
+            (render.square().sum() + alphas.sum()).backward()
+            outputs.append([render.detach(), alphas.detach()] + [p.grad.clone() for p in params])
+            for p in params:
+                p.grad = None
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(*outputs):
+        assert torch.equal(a, b)
+
+
 def test_single_opaque_gaussian_known_answer():
     """A huge opaque Gaussian straight ahead covers the image with its color (alpha clamp 0.999)."""
     cams = _cameras(16, 16)[0]

@@ -13,6 +13,8 @@ inline int omp_get_thread_num() { return 0; }
 inline int omp_get_max_threads() { return 1; }
 #endif
 
+torch::Tensor depth_order(const torch::Tensor& depths);
+
 std::vector<torch::Tensor> rasterize_forward(const torch::Tensor& means2d, const torch::Tensor& conics,
                                              const torch::Tensor& colors, const torch::Tensor& opacities,
                                              const torch::Tensor& radii, const torch::Tensor& order, int64_t width,

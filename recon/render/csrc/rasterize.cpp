@@ -16,6 +16,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <memory>
 #include <vector>
 
 
@@ -25,8 +27,35 @@ constexpr float kAlphaThreshold = 1.0f / 255.0f;
 constexpr float kTransmittanceEps = 1e-4f;
 constexpr float kMaxAlpha = 0.999f;
 constexpr int kTile = 16;              // tile side in pixels
-constexpr int kPix = kTile * kTile;    // pixels per tile
 constexpr int kBlock = 8;              // pixels per SIMD block (one AVX2 register of floats)
+// Tile-local pixel state has rows of kStride = kTile + kBlock entries: a block starts at the first
+// pixel of a Gaussian's row span (not at a multiple of 8), and may run into the padding columns,
+// which are inert (done / zero gradient). Lanes past the span's end are masked.
+constexpr int kStride = kTile + kBlock;
+constexpr int kPix = kTile * kStride;  // entries of tile-local state
+
+// exp(x) for x <= 0 inside `omp simd` loops: Cephes' expf (range reduction by ln 2, degree-5
+// polynomial, relative error ~2e-7), inlined so the loop stays in registers instead of calling
+// libmvec. Below -87 it returns ~0 (denormals are flushed), which every caller treats as invisible.
+inline float exp_neg(float x) {
+    x = std::max(x, -87.0f);
+    const float n = std::nearbyint(x * 1.44269504088896341f);
+    float r = x - n * 0.693359375f;
+    r = r + n * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    const float e = p * r * r + r + 1.0f;
+    int32_t bits;
+    std::memcpy(&bits, &e, sizeof(bits));
+    bits += static_cast<int32_t>(n) << 23;
+    float out;
+    std::memcpy(&out, &bits, sizeof(out));
+    return out;
+}
 
 struct PixelRect {
     int x0, x1, y0, y1;  // inclusive pixel bounds; empty when x0 > x1 or y0 > y1
@@ -42,9 +71,8 @@ inline PixelRect gaussian_pixel_rect(float mx, float my, int rx, int ry, int wid
     return r;
 }
 
-// The Gaussian's pixel rectangle inside the tile at (tx0, ty0), in tile-local coordinates.
-inline PixelRect tile_rect(float mx, float my, int rx, int ry, int width, int height, int tx0, int ty0) {
-    PixelRect r = gaussian_pixel_rect(mx, my, rx, ry, width, height);
+// A pixel rectangle inside the tile at (tx0, ty0), in tile-local coordinates.
+inline PixelRect tile_rect(PixelRect r, int tx0, int ty0) {
     r.x0 = std::max(r.x0, tx0) - tx0;
     r.x1 = std::min(r.x1, tx0 + kTile - 1) - tx0;
     r.y0 = std::max(r.y0, ty0) - ty0;
@@ -57,11 +85,9 @@ inline PixelRect tile_rect(float mx, float my, int rx, int ry, int width, int he
 // L is enlarged slightly so the span is conservative: the exact alpha test still decides each pixel.
 struct RowSpans {
     float k1, k2, k3;
-    RowSpans(float ca, float cb, float cc, float opacity) {
+    static RowSpans of(float ca, float cb, float cc, float opacity) {
         const float L = std::log(255.0f * opacity) * 1.001f + 1e-3f;
-        k1 = -cb / ca;
-        k2 = (cb * cb - ca * cc) / (ca * ca);
-        k3 = 2.0f * L / ca;
+        return {-cb / ca, (cb * cb - ca * cc) / (ca * ca), 2.0f * L / ca};
     }
     // Tile-local pixel range [lo, hi] of the row, clipped to [x0, x1]; false when empty.
     inline bool span(float dy, float mx, int tx0, int x0, int x1, int& lo, int& hi) const {
@@ -74,52 +100,103 @@ struct RowSpans {
     }
 };
 
+// Everything the compositing loops read about one projected Gaussian, in one cache line (the
+// loops visit Gaussians in depth order, i.e. at random addresses).
+struct alignas(64) PackedGaussian {
+    float mx, my, ca, cb, cc, op;
+    RowSpans spans;
+    PixelRect rect;  // image pixels inside the (opacity-aware) radius box; empty when culled
+};
+
+// The tiles a Gaussian touches, inclusive; empty when tx0 > tx1. Small, so binning's walk in depth
+// order (random Gaussian ids) stays in cache.
+struct TileRange {
+    int16_t tx0, tx1, ty0, ty1;
+};
+
+std::vector<PackedGaussian> pack_gaussians(const float* m2d, const float* con, const float* opa, const int32_t* rad,
+                                           int64_t CN, int width, int height, TileRange* tiles = nullptr) {
+    std::vector<PackedGaussian> pk(CN);
+#pragma omp parallel for schedule(static) if (CN > 4096)
+    for (int64_t g = 0; g < CN; ++g) {
+        PackedGaussian& P = pk[g];
+        P.mx = m2d[2 * g];
+        P.my = m2d[2 * g + 1];
+        P.ca = con[3 * g];
+        P.cb = con[3 * g + 1];
+        P.cc = con[3 * g + 2];
+        P.op = opa[g];
+        const int rx = rad[2 * g], ry = rad[2 * g + 1];
+        if (rx > 0 && ry > 0) {
+            P.rect = gaussian_pixel_rect(P.mx, P.my, rx, ry, width, height);
+            P.spans = RowSpans::of(P.ca, P.cb, P.cc, P.op);
+        } else {
+            P.rect = {0, -1, 0, -1};
+            P.spans = {0.0f, 0.0f, -1.0f};
+        }
+        if (tiles != nullptr) {
+            const PixelRect& r = P.rect;
+            tiles[g] = (r.x0 > r.x1 || r.y0 > r.y1)
+                           ? TileRange{0, -1, 0, -1}
+                           : TileRange{static_cast<int16_t>(r.x0 / kTile), static_cast<int16_t>(r.x1 / kTile),
+                                       static_cast<int16_t>(r.y0 / kTile), static_cast<int16_t>(r.y1 / kTile)};
+        }
+    }
+    return pk;
+}
+
 struct Binning {
-    std::vector<int64_t> tile_offsets;  // [C * tiles + 1]
-    std::vector<int32_t> flat_ids;      // [M] Gaussian index inside its camera
+    torch::Tensor tile_offsets;  // [C * tiles + 1] int64
+    torch::Tensor flat_ids;      // [M] int32, Gaussian index inside its camera
 };
 
 // Buckets Gaussians by tile in depth order. `order` is [C, N]: per camera, Gaussian ids by depth.
-Binning bin_gaussians(const float* means2d, const int32_t* radii, const int64_t* order, int64_t C, int64_t N,
-                      int width, int height, int tile_size) {
-    const int tiles_x = (width + tile_size - 1) / tile_size;
-    const int tiles_y = (height + tile_size - 1) / tile_size;
-    const int64_t tiles = static_cast<int64_t>(tiles_x) * tiles_y;
+// The (camera, rank) list is split into one contiguous chunk per thread; each thread counts its
+// chunk's intersections per tile, and writes them after those of the chunks before it, so every
+// bucket stays in depth order whatever the number of threads (and one camera still runs in parallel).
+Binning bin_gaussians(const TileRange* ranges, const int64_t* order, int64_t C, int64_t N, int width, int height) {
+    const int tiles_x = (width + kTile - 1) / kTile;
+    const int tiles_y = (height + kTile - 1) / kTile;
+    const int64_t tiles = static_cast<int64_t>(tiles_x) * tiles_y, CT = C * tiles, CN = C * N;
+    const int n_threads = std::max<int64_t>(1, std::min<int64_t>(omp_get_max_threads(), CN / 2048 + 1));
+    std::vector<int64_t> counts(static_cast<size_t>(n_threads) * CT, 0);  // [thread][camera * tiles + tile]
     Binning bins;
-    bins.tile_offsets.assign(C * tiles + 1, 0);
-    std::vector<int64_t> counts(C * tiles, 0);
+    bins.tile_offsets = torch::empty({CT + 1}, torch::TensorOptions().dtype(torch::kInt64));
+    int64_t* offs = bins.tile_offsets.data_ptr<int64_t>();
+    int32_t* ids = nullptr;
 
-#pragma omp parallel for schedule(static)
-    for (int64_t c = 0; c < C; ++c) {
-        int64_t* cnt = counts.data() + c * tiles;
-        for (int64_t n = 0; n < N; ++n) {
-            const int64_t g = c * N + n;
-            const int rx = radii[2 * g], ry = radii[2 * g + 1];
-            if (rx <= 0 || ry <= 0) continue;
-            const PixelRect r = gaussian_pixel_rect(means2d[2 * g], means2d[2 * g + 1], rx, ry, width, height);
-            if (r.x0 > r.x1 || r.y0 > r.y1) continue;
-            for (int ty = r.y0 / tile_size; ty <= r.y1 / tile_size; ++ty)
-                for (int tx = r.x0 / tile_size; tx <= r.x1 / tile_size; ++tx) ++cnt[ty * tiles_x + tx];
-        }
-    }
-    for (int64_t t = 0; t < C * tiles; ++t) bins.tile_offsets[t + 1] = bins.tile_offsets[t] + counts[t];
-    bins.flat_ids.resize(bins.tile_offsets.back());
+    // Visits the tiles of entry e (= c * N + rank) of the depth-sorted list.
+    auto visit = [&](int64_t e, auto&& fn) {
+        const int64_t c = e / N, n = order[e];
+        const TileRange r = ranges[c * N + n];
+        for (int ty = r.ty0; ty <= r.ty1; ++ty)
+            for (int tx = r.tx0; tx <= r.tx1; ++tx) fn(c * tiles + ty * tiles_x + tx, n);
+    };
 
-#pragma omp parallel for schedule(static)
-    for (int64_t c = 0; c < C; ++c) {
-        std::vector<int64_t> cursor(bins.tile_offsets.begin() + c * tiles,
-                                    bins.tile_offsets.begin() + (c + 1) * tiles);
-        for (int64_t k = 0; k < N; ++k) {
-            const int64_t n = order[c * N + k];
-            const int64_t g = c * N + n;
-            const int rx = radii[2 * g], ry = radii[2 * g + 1];
-            if (rx <= 0 || ry <= 0) continue;
-            const PixelRect r = gaussian_pixel_rect(means2d[2 * g], means2d[2 * g + 1], rx, ry, width, height);
-            if (r.x0 > r.x1 || r.y0 > r.y1) continue;
-            for (int ty = r.y0 / tile_size; ty <= r.y1 / tile_size; ++ty)
-                for (int tx = r.x0 / tile_size; tx <= r.x1 / tile_size; ++tx)
-                    bins.flat_ids[cursor[ty * tiles_x + tx]++] = static_cast<int32_t>(n);
-        }
+#pragma omp parallel num_threads(n_threads)
+    {
+        const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+        const int64_t e0 = CN * t / nt, e1 = CN * (t + 1) / nt;
+        int64_t* cnt = counts.data() + t * CT;
+        for (int64_t e = e0; e < e1; ++e) visit(e, [&](int64_t ct, int64_t) { ++cnt[ct]; });
+#pragma omp barrier
+#pragma omp single
+        {
+            offs[0] = 0;
+            for (int64_t ct = 0; ct < CT; ++ct) {  // bucket offsets, then each thread's cursor inside
+                int64_t at = offs[ct];
+                for (int u = 0; u < nt; ++u) {
+                    const int64_t n_u = counts[u * CT + ct];
+                    counts[u * CT + ct] = at;
+                    at += n_u;
+                }
+                offs[ct + 1] = at;
+            }
+            bins.flat_ids = torch::empty({offs[CT]}, torch::TensorOptions().dtype(torch::kInt32));
+            ids = bins.flat_ids.data_ptr<int32_t>();
+        }  // implicit barrier
+        for (int64_t e = e0; e < e1; ++e)
+            visit(e, [&](int64_t ct, int64_t n) { ids[cnt[ct]++] = static_cast<int32_t>(n); });
     }
     return bins;
 }
@@ -128,7 +205,7 @@ Binning bin_gaussians(const float* means2d, const int32_t* radii, const int64_t*
 // One 8-pixel block of the forward pass for a Gaussian; DC > 0: channel count known at compile time
 // (colors accumulated in the same SIMD loop), DC == 0: any count, accumulated in a second loop.
 template <int DC>
-inline int forward_block(int p0, float fx0, float dy, float ca, float cb, float cc, float op,
+inline int forward_block(int p0, int n_lanes, float fx0, float dy, float ca, float cb, float cc, float op,
                          const float* cg, int64_t D, int32_t kk, float* T, float* w, int32_t* last, int32_t* done,
                          float* acc) {
     int n_done = 0;
@@ -137,8 +214,8 @@ inline int forward_block(int p0, float fx0, float dy, float ca, float cb, float 
         const int p = p0 + i;
         const float dx = fx0 - i;
         const float sigma = 0.5f * (ca * dx * dx + cc * dy * dy) + cb * dx * dy;
-        const float alpha = std::min(kMaxAlpha, op * std::exp(-sigma));
-        const int32_t valid = (done[p] == 0) & (sigma >= 0.f) & (alpha >= kAlphaThreshold);
+        const float alpha = std::min(kMaxAlpha, op * exp_neg(-sigma));
+        const int32_t valid = (i < n_lanes) & (done[p] == 0) & (sigma >= 0.f) & (alpha >= kAlphaThreshold);
         const float next_T = T[p] * (1.0f - alpha);
         const int32_t stop = valid & (next_T <= kTransmittanceEps);
         const int32_t take = valid & (stop ^ 1);
@@ -174,7 +251,7 @@ struct GaussianGrad {
 
 // One 8-pixel block of the backward pass (back to front), channels known at compile time (1..4).
 template <int DC>
-inline void backward_block(int p0, float fx0, float dy, float ca, float cb, float cc, float op, const float* cg,
+inline void backward_block(int p0, int n_lanes, float fx0, float dy, float ca, float cb, float cc, float op, const float* cg,
                            int32_t kk, float* T, const float* Tf, const float* va, const int32_t* last,
                            const float* vc, float* acc, GaussianGrad& gg) {
     float cgd[4] = {0.f, 0.f, 0.f, 0.f};
@@ -185,9 +262,9 @@ inline void backward_block(int p0, float fx0, float dy, float ca, float cb, floa
         const int p = p0 + i;
         const float dx = fx0 - i;
         const float sigma = 0.5f * (ca * dx * dx + cc * dy * dy) + cb * dx * dy;
-        const float vis = std::exp(-sigma);
+        const float vis = exp_neg(-sigma);
         const float alpha = std::min(kMaxAlpha, op * vis);
-        const bool active = (kk < last[p]) & (sigma >= 0.f) & (alpha >= kAlphaThreshold);
+        const bool active = (i < n_lanes) & (kk < last[p]) & (sigma >= 0.f) & (alpha >= kAlphaThreshold);
         const float inv = 1.0f / (1.0f - alpha);
         const float Tk = T[p] * inv;  // transmittance in front of this Gaussian
         const float wk = active ? alpha * Tk : 0.0f;
@@ -212,7 +289,7 @@ inline void backward_block(int p0, float fx0, float dy, float ca, float cb, floa
 }
 
 // Backward block for any channel count (feature rendering): three SIMD passes through scratch.
-inline void backward_block_any(int p0, float fx0, float dy, float ca, float cb, float cc, float op, const float* cg,
+inline void backward_block_any(int p0, int n_lanes, float fx0, float dy, float ca, float cb, float cc, float op, const float* cg,
                                int64_t D, int32_t kk, float* T, const float* Tf, const float* va,
                                const int32_t* last, const float* vc, float* acc, GaussianGrad& gg, float* gcol) {
     alignas(64) float b_active[kBlock], b_Tk[kBlock], b_wk[kBlock], b_inv[kBlock], b_valpha[kBlock], b_vis[kBlock];
@@ -221,9 +298,9 @@ inline void backward_block_any(int p0, float fx0, float dy, float ca, float cb, 
         const int p = p0 + i;
         const float dx = fx0 - i;
         const float sigma = 0.5f * (ca * dx * dx + cc * dy * dy) + cb * dx * dy;
-        const float vis = std::exp(-sigma);
+        const float vis = exp_neg(-sigma);
         const float alpha = std::min(kMaxAlpha, op * vis);
-        const bool active = (kk < last[p]) & (sigma >= 0.f) & (alpha >= kAlphaThreshold);
+        const bool active = (i < n_lanes) & (kk < last[p]) & (sigma >= 0.f) & (alpha >= kAlphaThreshold);
         const float inv = 1.0f / (1.0f - alpha);
         b_vis[i] = vis;
         b_active[i] = active ? 1.0f : 0.0f;
@@ -273,6 +350,44 @@ inline void backward_block_any(int p0, float fx0, float dy, float ca, float cb, 
 
 }  // namespace
 
+// Stable ascending argsort of each row of `depths` [C, N] (float32) -> int64 [C, N]: an LSD radix
+// sort over the order-preserving unsigned image of the float bits (three 11-bit passes), the same
+// order as torch.argsort(stable=True) for finite keys. Rows are sorted in parallel.
+torch::Tensor depth_order(const torch::Tensor& depths) {
+    TORCH_CHECK(depths.dim() == 2 && depths.scalar_type() == torch::kFloat32 && depths.is_contiguous(),
+                "depths must be a contiguous float32 [C, N] tensor");
+    const int64_t C = depths.size(0), N = depths.size(1);
+    torch::Tensor order = torch::empty({C, N}, torch::TensorOptions().dtype(torch::kInt64));
+    const uint32_t* keys_in = reinterpret_cast<const uint32_t*>(depths.data_ptr<float>());
+    int64_t* out = order.data_ptr<int64_t>();
+    constexpr int kBits = 11, kBuckets = 1 << kBits;
+#pragma omp parallel for schedule(static) if (C > 1)
+    for (int64_t c = 0; c < C; ++c) {
+        std::vector<uint32_t> key(N), key2(N);
+        std::vector<int32_t> idx(N), idx2(N);
+        for (int64_t n = 0; n < N; ++n) {
+            const uint32_t b = keys_in[c * N + n];
+            key[n] = (b & 0x80000000u) ? ~b : (b | 0x80000000u);  // flip: unsigned order == float order
+            idx[n] = static_cast<int32_t>(n);
+        }
+        for (int pass = 0; pass < 3; ++pass) {
+            const int shift = pass * kBits;
+            int64_t count[kBuckets + 1] = {0};
+            for (int64_t n = 0; n < N; ++n) ++count[((key[n] >> shift) & (kBuckets - 1)) + 1];
+            for (int b = 0; b < kBuckets; ++b) count[b + 1] += count[b];
+            for (int64_t n = 0; n < N; ++n) {
+                const int64_t dst = count[(key[n] >> shift) & (kBuckets - 1)]++;
+                key2[dst] = key[n];
+                idx2[dst] = idx[n];
+            }
+            key.swap(key2);
+            idx.swap(idx2);
+        }
+        for (int64_t n = 0; n < N; ++n) out[c * N + n] = idx[n];
+    }
+    return order;
+}
+
 // Forward. Returns {colors [C,H,W,D], alphas [C,H,W,1], tile_offsets [C*T+1] int64,
 // flat_ids [M] int32, last_ids [C,H,W] int32 (number of list entries a pixel walked, exclusive)}.
 std::vector<torch::Tensor> rasterize_forward(const torch::Tensor& means2d,    // [C, N, 2]
@@ -294,23 +409,25 @@ std::vector<torch::Tensor> rasterize_forward(const torch::Tensor& means2d,    //
     const float* col = colors.data_ptr<float>();
     const float* opa = opacities.data_ptr<float>();
 
-    Binning bins = bin_gaussians(m2d, rad, order.data_ptr<int64_t>(), C, N, W, H, TS);
+    std::vector<TileRange> ranges(C * N);
+    const std::vector<PackedGaussian> pk = pack_gaussians(m2d, con, opa, rad, C * N, W, H, ranges.data());
+    Binning bins = bin_gaussians(ranges.data(), order.data_ptr<int64_t>(), C, N, W, H);
     const int tiles_x = (W + TS - 1) / TS, tiles_y = (H + TS - 1) / TS;
     const int64_t tiles = static_cast<int64_t>(tiles_x) * tiles_y;
 
     auto f32 = torch::TensorOptions().dtype(torch::kFloat32);
-    torch::Tensor out_colors = torch::zeros({C, H, W, D}, f32);
-    torch::Tensor out_alphas = torch::zeros({C, H, W, 1}, f32);
-    torch::Tensor last_ids = torch::zeros({C, H, W}, torch::TensorOptions().dtype(torch::kInt32));
+    torch::Tensor out_colors = torch::empty({C, H, W, D}, f32);  // every pixel is written below
+    torch::Tensor out_alphas = torch::empty({C, H, W, 1}, f32);
+    torch::Tensor last_ids = torch::empty({C, H, W}, torch::TensorOptions().dtype(torch::kInt32));
     float* oc = out_colors.data_ptr<float>();
     float* oa = out_alphas.data_ptr<float>();
     int32_t* ol = last_ids.data_ptr<int32_t>();
-    const int64_t* offs = bins.tile_offsets.data();
-    const int32_t* ids = bins.flat_ids.data();
+    const int64_t* offs = bins.tile_offsets.data_ptr<int64_t>();
+    const int32_t* ids = bins.flat_ids.data_ptr<int32_t>();
 
 #pragma omp parallel
     {
-        // Tile-local pixel state, row stride kTile; pixels past the image edge are computed and dropped.
+        // Tile-local pixel state, row stride kStride; pixels past the image edge are computed and dropped.
         alignas(64) float T[kPix], w[kPix];
         alignas(64) int32_t last[kPix], done[kPix];
         std::vector<float> acc(kPix * D);
@@ -322,7 +439,7 @@ std::vector<torch::Tensor> rasterize_forward(const torch::Tensor& means2d,    //
             const int tw = std::min(kTile, W - tx0), th = std::min(kTile, H - ty0);
             int n_done = 0;
             for (int p = 0; p < kPix; ++p) {
-                const bool inside = (p % kTile) < tw && (p / kTile) < th;
+                const bool inside = (p % kStride) < tw && (p / kStride) < th;
                 T[p] = 1.0f;
                 last[p] = 0;
                 done[p] = inside ? 0 : 1;
@@ -332,37 +449,36 @@ std::vector<torch::Tensor> rasterize_forward(const torch::Tensor& means2d,    //
             const int64_t start = offs[t], end = offs[t + 1];
             for (int64_t k = start; k < end && n_done < kPix; ++k) {
                 const int64_t g = c * N + ids[k];
-                const float mx = m2d[2 * g], my = m2d[2 * g + 1];
-                const float ca = con[3 * g], cb = con[3 * g + 1], cc = con[3 * g + 2];
-                const float op = opa[g];
-                const PixelRect r = tile_rect(mx, my, rad[2 * g], rad[2 * g + 1], W, H, tx0, ty0);
+                const PackedGaussian& P = pk[g];
+                const float mx = P.mx, my = P.my, ca = P.ca, cb = P.cb, cc = P.cc, op = P.op;
+                const PixelRect r = tile_rect(P.rect, tx0, ty0);
+                const RowSpans& spans = P.spans;
                 const float* cg = col + g * D;
                 const int32_t kk = static_cast<int32_t>(k - start + 1);
-                const RowSpans spans(ca, cb, cc, op);
                 for (int y = r.y0; y <= r.y1; ++y) {
                     const float dy = my - (ty0 + y + 0.5f);
                     int lo, hi;
                     if (!spans.span(dy, mx, tx0, r.x0, r.x1, lo, hi)) continue;
-                    for (int bx = lo / kBlock; bx <= hi / kBlock; ++bx) {
-                        const int p0 = y * kTile + bx * kBlock;
+                    for (int x = lo; x <= hi; x += kBlock) {
+                        const int p0 = y * kStride + x, nl = hi - x + 1;
                         int all_done = 1;
                         for (int i = 0; i < kBlock; ++i) all_done &= done[p0 + i];
                         if (all_done) continue;
-                        const float fx0 = mx - (tx0 + bx * kBlock + 0.5f);
+                        const float fx0 = mx - (tx0 + x + 0.5f);
                         float* A = acc.data();
                         switch (D) {
-                            case 1: n_done += forward_block<1>(p0, fx0, dy, ca, cb, cc, op, cg, D, kk, T, w, last, done, A); break;
-                            case 2: n_done += forward_block<2>(p0, fx0, dy, ca, cb, cc, op, cg, D, kk, T, w, last, done, A); break;
-                            case 3: n_done += forward_block<3>(p0, fx0, dy, ca, cb, cc, op, cg, D, kk, T, w, last, done, A); break;
-                            case 4: n_done += forward_block<4>(p0, fx0, dy, ca, cb, cc, op, cg, D, kk, T, w, last, done, A); break;
-                            default: n_done += forward_block<0>(p0, fx0, dy, ca, cb, cc, op, cg, D, kk, T, w, last, done, A);
+                            case 1: n_done += forward_block<1>(p0, nl, fx0, dy, ca, cb, cc, op, cg, D, kk, T, w, last, done, A); break;
+                            case 2: n_done += forward_block<2>(p0, nl, fx0, dy, ca, cb, cc, op, cg, D, kk, T, w, last, done, A); break;
+                            case 3: n_done += forward_block<3>(p0, nl, fx0, dy, ca, cb, cc, op, cg, D, kk, T, w, last, done, A); break;
+                            case 4: n_done += forward_block<4>(p0, nl, fx0, dy, ca, cb, cc, op, cg, D, kk, T, w, last, done, A); break;
+                            default: n_done += forward_block<0>(p0, nl, fx0, dy, ca, cb, cc, op, cg, D, kk, T, w, last, done, A);
                         }
                     }
                 }
             }
             for (int y = 0; y < th; ++y) {
                 for (int x = 0; x < tw; ++x) {
-                    const int p = y * kTile + x;
+                    const int p = y * kStride + x;
                     const int64_t pix = (c * H + ty0 + y) * W + tx0 + x;
                     for (int64_t d = 0; d < D; ++d) oc[pix * D + d] = acc[d * kPix + p];
                     oa[pix] = 1.0f - T[p];
@@ -371,13 +487,7 @@ std::vector<torch::Tensor> rasterize_forward(const torch::Tensor& means2d,    //
             }
         }
     }
-    torch::Tensor tile_offsets = torch::from_blob(bins.tile_offsets.data(), {C * tiles + 1},
-                                                  torch::TensorOptions().dtype(torch::kInt64))
-                                     .clone();
-    torch::Tensor flat_ids = torch::from_blob(bins.flat_ids.data(), {static_cast<int64_t>(bins.flat_ids.size())},
-                                              torch::TensorOptions().dtype(torch::kInt32))
-                                 .clone();
-    return {out_colors, out_alphas, tile_offsets, flat_ids, last_ids};
+    return {out_colors, out_alphas, bins.tile_offsets, bins.flat_ids, last_ids};
 }
 
 // Backward. Gradients land first in one slot per intersection (race-free and deterministic),
@@ -412,14 +522,16 @@ std::vector<torch::Tensor> rasterize_backward(const torch::Tensor& means2d,     
     const float* vco = v_colors_out.data_ptr<float>();
     const float* vao = v_alphas_out.data_ptr<float>();
     const int64_t M = flat_ids.size(0);
+    const std::vector<PackedGaussian> pk = pack_gaussians(m2d, con, opa, rad, C * N, W, H);
     const int64_t S = 6 + D;  // per-intersection slot: mx, my, a, b, c, opacity, colors[D]
-    std::vector<float> slots(M * S, 0.0f);
+    // Every slot is written below (entries a tile never walked get zeros), so no zero-fill here.
+    std::unique_ptr<float[]> slots(new float[std::max<int64_t>(1, M * S)]);
 
 #pragma omp parallel
     {
         alignas(64) float T[kPix], Tf[kPix], va[kPix];
         alignas(64) int32_t last[kPix];
-        int32_t block_last[kPix / kBlock];
+        int32_t row_last[kTile];
         GaussianGrad gg;
         std::vector<float> acc(kPix * D), vc(kPix * D);
         std::vector<float> gcol(D);
@@ -432,7 +544,7 @@ std::vector<torch::Tensor> rasterize_backward(const torch::Tensor& means2d,     
             int32_t max_last = 0;
             std::fill(acc.begin(), acc.end(), 0.0f);
             for (int p = 0; p < kPix; ++p) {
-                const int y = p / kTile, x = p % kTile;
+                const int y = p / kStride, x = p % kStride;
                 const bool inside = x < tw && y < th;
                 const int64_t pix = (c * H + ty0 + y) * W + tx0 + x;
                 T[p] = inside ? 1.0f - ra[pix] : 1.0f;
@@ -442,42 +554,42 @@ std::vector<torch::Tensor> rasterize_backward(const torch::Tensor& means2d,     
                 va[p] = inside ? vao[pix] : 0.0f;
                 for (int64_t d = 0; d < D; ++d) vc[d * kPix + p] = inside ? vco[pix * D + d] : 0.0f;
             }
-            for (int b = 0; b < kPix / kBlock; ++b) {
-                block_last[b] = 0;
-                for (int i = 0; i < kBlock; ++i) block_last[b] = std::max(block_last[b], last[b * kBlock + i]);
+            for (int y = 0; y < kTile; ++y) {
+                row_last[y] = 0;
+                for (int x = 0; x < kTile; ++x) row_last[y] = std::max(row_last[y], last[y * kStride + x]);
             }
             const int64_t start = offs[t];
+            std::fill(slots.get() + (start + max_last) * S, slots.get() + offs[t + 1] * S, 0.0f);
             for (int64_t k = start + max_last - 1; k >= start; --k) {
                 const int32_t kk = static_cast<int32_t>(k - start);  // pixels with last > kk saw this one
                 const int64_t g = c * N + ids[k];
-                const float mx = m2d[2 * g], my = m2d[2 * g + 1];
-                const float ca = con[3 * g], cb = con[3 * g + 1], cc = con[3 * g + 2];
-                const float op = opa[g];
-                const PixelRect r = tile_rect(mx, my, rad[2 * g], rad[2 * g + 1], W, H, tx0, ty0);
+                const PackedGaussian& P = pk[g];
+                const float mx = P.mx, my = P.my, ca = P.ca, cb = P.cb, cc = P.cc, op = P.op;
+                const PixelRect r = tile_rect(P.rect, tx0, ty0);
+                const RowSpans& spans = P.spans;
                 const float* cg = col + g * D;
                 gg.clear();
                 std::fill(gcol.begin(), gcol.end(), 0.0f);
-                const RowSpans spans(ca, cb, cc, op);
                 for (int y = r.y0; y <= r.y1; ++y) {
+                    if (kk >= row_last[y]) continue;  // every pixel of this row stopped in front
                     const float dy = my - (ty0 + y + 0.5f);
                     int lo, hi;
                     if (!spans.span(dy, mx, tx0, r.x0, r.x1, lo, hi)) continue;
-                    for (int bx = lo / kBlock; bx <= hi / kBlock; ++bx) {
-                        const int p0 = y * kTile + bx * kBlock;
-                        if (kk >= block_last[p0 / kBlock]) continue;  // every pixel here stopped in front
-                        const float fx0 = mx - (tx0 + bx * kBlock + 0.5f);
+                    for (int x = lo; x <= hi; x += kBlock) {
+                        const int p0 = y * kStride + x, nl = hi - x + 1;
+                        const float fx0 = mx - (tx0 + x + 0.5f);
                         float* A = acc.data();
                         const float* V = vc.data();
                         switch (D) {
-                            case 1: backward_block<1>(p0, fx0, dy, ca, cb, cc, op, cg, kk, T, Tf, va, last, V, A, gg); break;
-                            case 2: backward_block<2>(p0, fx0, dy, ca, cb, cc, op, cg, kk, T, Tf, va, last, V, A, gg); break;
-                            case 3: backward_block<3>(p0, fx0, dy, ca, cb, cc, op, cg, kk, T, Tf, va, last, V, A, gg); break;
-                            case 4: backward_block<4>(p0, fx0, dy, ca, cb, cc, op, cg, kk, T, Tf, va, last, V, A, gg); break;
-                            default: backward_block_any(p0, fx0, dy, ca, cb, cc, op, cg, D, kk, T, Tf, va, last, V, A, gg, gcol.data());
+                            case 1: backward_block<1>(p0, nl, fx0, dy, ca, cb, cc, op, cg, kk, T, Tf, va, last, V, A, gg); break;
+                            case 2: backward_block<2>(p0, nl, fx0, dy, ca, cb, cc, op, cg, kk, T, Tf, va, last, V, A, gg); break;
+                            case 3: backward_block<3>(p0, nl, fx0, dy, ca, cb, cc, op, cg, kk, T, Tf, va, last, V, A, gg); break;
+                            case 4: backward_block<4>(p0, nl, fx0, dy, ca, cb, cc, op, cg, kk, T, Tf, va, last, V, A, gg); break;
+                            default: backward_block_any(p0, nl, fx0, dy, ca, cb, cc, op, cg, D, kk, T, Tf, va, last, V, A, gg, gcol.data());
                         }
                     }
                 }
-                float* slot = slots.data() + k * S;
+                float* slot = slots.get() + k * S;
                 for (int j = 0; j < 6; ++j) slot[j] = gg.sum(j);
                 for (int64_t d = 0; d < D; ++d) slot[6 + d] = D <= 4 ? gg.sum(6 + static_cast<int>(d)) : gcol[d];
             }
@@ -485,27 +597,38 @@ std::vector<torch::Tensor> rasterize_backward(const torch::Tensor& means2d,     
     }
 
     auto f32 = torch::TensorOptions().dtype(torch::kFloat32);
-    torch::Tensor v_means2d = torch::zeros({C, N, 2}, f32);
-    torch::Tensor v_conics = torch::zeros({C, N, 3}, f32);
-    torch::Tensor v_colors = torch::zeros({C, N, D}, f32);
-    torch::Tensor v_opacities = torch::zeros({C, N}, f32);
+    torch::Tensor v_means2d = torch::empty({C, N, 2}, f32);
+    torch::Tensor v_conics = torch::empty({C, N, 3}, f32);
+    torch::Tensor v_colors = torch::empty({C, N, D}, f32);
+    torch::Tensor v_opacities = torch::empty({C, N}, f32);
     float* vm = v_means2d.data_ptr<float>();
     float* vcn = v_conics.data_ptr<float>();
     float* vcl = v_colors.data_ptr<float>();
     float* vo = v_opacities.data_ptr<float>();
-    // Cameras own disjoint intersection ranges and disjoint Gaussian slots: parallel over cameras.
-#pragma omp parallel for schedule(static)
-    for (int64_t c = 0; c < C; ++c) {
-        for (int64_t k = offs[c * tiles]; k < offs[(c + 1) * tiles]; ++k) {
-            const int64_t g = c * N + ids[k];
-            const float* slot = slots.data() + k * S;
-            vm[2 * g] += slot[0];
-            vm[2 * g + 1] += slot[1];
-            vcn[3 * g] += slot[2];
-            vcn[3 * g + 1] += slot[3];
-            vcn[3 * g + 2] += slot[4];
-            vo[g] += slot[5];
-            for (int64_t d = 0; d < D; ++d) vcl[g * D + d] += slot[6 + d];
+    // Each thread owns a contiguous range of (camera, Gaussian) outputs and adds the slots of its
+    // Gaussians in intersection order: race-free, and the same sums for any number of threads.
+    const int64_t CN = C * N;
+#pragma omp parallel
+    {
+        const int th = omp_get_thread_num(), nt = omp_get_num_threads();
+        const int64_t g0 = CN * th / nt, g1 = CN * (th + 1) / nt;
+        std::fill(vm + 2 * g0, vm + 2 * g1, 0.0f);
+        std::fill(vcn + 3 * g0, vcn + 3 * g1, 0.0f);
+        std::fill(vcl + D * g0, vcl + D * g1, 0.0f);
+        std::fill(vo + g0, vo + g1, 0.0f);
+        for (int64_t c = g0 / N; g1 > g0 && c <= (g1 - 1) / N; ++c) {
+            for (int64_t k = offs[c * tiles]; k < offs[(c + 1) * tiles]; ++k) {
+                const int64_t g = c * N + ids[k];
+                if (g < g0 || g >= g1) continue;
+                const float* slot = slots.get() + k * S;
+                vm[2 * g] += slot[0];
+                vm[2 * g + 1] += slot[1];
+                vcn[3 * g] += slot[2];
+                vcn[3 * g + 1] += slot[3];
+                vcn[3 * g + 2] += slot[4];
+                vo[g] += slot[5];
+                for (int64_t d = 0; d < D; ++d) vcl[g * D + d] += slot[6 + d];
+            }
         }
     }
     return {v_means2d, v_conics, v_colors, v_opacities};
