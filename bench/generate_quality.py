@@ -27,7 +27,7 @@ import torch
 import trimesh
 
 from recon.cameras import Cameras, orbit_cameras
-from recon.data.procedural import COLORS, SHAPES, render_primitive
+from recon.data.procedural import COLORS, SHAPES, caption, render_primitive
 from recon.pipelines import generate
 from recon.pipelines.stabledreamer import StableDreamerConfig
 
@@ -99,7 +99,7 @@ def main() -> None:
     rows = []
     print(f"{'prompt':<22}{'shape':>10}{'iou':>7}{'color':>9}{'seconds':>9}")
     for color, shape in PROMPTS[: args.n]:
-        prompt = f"a {color} {shape}"
+        prompt = caption(shape, color)
         config = StableDreamerConfig(prompt=prompt, prior=args.prior, steps=args.steps, progress_bar=False)
         started = time.perf_counter()
         run_dir = generate(config, out_root=out)

@@ -28,8 +28,10 @@ class UNetConfig:
     """Input / output channels (3 for RGB, the VAE's latent channels otherwise)."""
     block_out_channels: tuple[int, ...] = (32, 64, 128)
     """Channels per resolution level."""
-    down_block_types: tuple[str, ...] = ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D")
-    """diffusers down-block types, one per level (the up blocks mirror them)."""
+    down_block_types: tuple[str, ...] = ("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D")
+    """diffusers down-block types, one per level (the up blocks mirror them). Text cross-attention
+    sits at the 8x8 level and in the mid block only: attention over the 256 tokens of the 16x16
+    level doubled the guided forward pass (64-110 ms vs 32-40 ms, batch 2, 2 CPU threads)."""
     layers_per_block: int = 1
     """ResNet layers per block."""
     cross_attention_dim: int = 128

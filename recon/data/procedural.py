@@ -266,10 +266,11 @@ def projected_sphere_area(radius: float, distance: float, focal: float) -> float
 
 
 def caption(shape: str, color: str, view_word: str | None = None) -> str:
-    """The text prompt of a render: ``"a red cube"`` or ``"a red cube, front view"``."""
+    """The text prompt of a render: ``"a red cube"``, ``"an orange cone"`` or ``"a red cube, front view"``."""
     if shape not in SHAPES:
         raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
     if color not in COLORS:
         raise ValueError(f"unknown color {color!r}; expected one of {tuple(COLORS)}")
-    text = f"a {color} {shape}"
+    article = "an" if color[0] in "aeiou" else "a"
+    text = f"{article} {color} {shape}"
     return text if view_word is None else f"{text}, {view_word}"

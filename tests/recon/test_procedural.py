@@ -109,6 +109,7 @@ def test_checker_texture_and_batch_speed():
 
 def test_caption():
     assert caption("cube", "red") == "a red cube"
+    assert caption("cone", "orange") == "an orange cone"
     assert caption("cube", "red", "front view") == "a red cube, front view"
     with pytest.raises(ValueError):
         caption("pyramid", "red")
