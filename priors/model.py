@@ -8,7 +8,7 @@ Kinds served: latent priors with a VAE and a CLIP text encoder (Stable Diffusion
 https://arxiv.org/abs/2112.10752) and pixel priors with any text encoder (DeepFloyd IF stage I,
 T5). The model is read from a ``save_pretrained`` folder or a hub id (offline unless
 ``allow_download``), or built from the embedded defaults (``"embedded-exemplar"``,
-``"embedded-unet"``).
+``"embedded-unet"``, ``"embedded-unet-latent"``).
 """
 
 from __future__ import annotations
@@ -284,7 +284,8 @@ class DiffusionPrior:
         Args:
             source: ``"embedded"`` (the default embedded prior, see :mod:`priors`),
                 ``"embedded-exemplar"`` (the closed-form exemplar prior), ``"embedded-unet"`` (the
-                trained prior in ``assets/embedded-unet/``), a local folder (Stable Diffusion or
+                trained prior in ``assets/embedded-unet/``), ``"embedded-unet-latent"`` (its latent
+                variant in ``assets/embedded-unet-latent/``), a local folder (Stable Diffusion or
                 DeepFloyd IF pipeline layout with ``model_index.json``) or a hub id.
             allow_download: Let the hub be reached; otherwise only the local cache is read.
             device: Device for the components.
@@ -309,13 +310,16 @@ class DiffusionPrior:
             from priors.exemplar import ExemplarPrior
 
             return ExemplarPrior.from_procedural(device=device)
-        if source == "embedded-unet":
-            if not (EMBEDDED_UNET_DIR / "model_index.json").is_file():
+        if source in ("embedded-unet", "embedded-unet-latent"):
+            from priors import EMBEDDED_LATENT_DIR
+
+            folder = EMBEDDED_UNET_DIR if source == "embedded-unet" else EMBEDDED_LATENT_DIR
+            if not (folder / "model_index.json").is_file():
                 raise UserError(
-                    f"the embedded UNet prior's weights are not shipped yet (looked in {EMBEDDED_UNET_DIR}); "
-                    "use --prior embedded-exemplar, a hub id with --allow-download, or a local folder"
+                    f"the {source} prior's weights are not shipped (looked in {folder}); use --prior "
+                    "embedded-exemplar, a hub id with --allow-download, or a local folder"
                 )
-            source = str(EMBEDDED_UNET_DIR)
+            source = str(folder)
 
         torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
         folder = resolve_model_folder(source, allow_download=allow_download, revision=revision)

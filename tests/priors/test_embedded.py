@@ -99,13 +99,17 @@ def test_tiny_latent_variant_trains_vae_then_unet(tmp_path: Path):
     assert 0.1 < trainer.latent_scale < 100
 
 
-def test_embedded_unet_loads_through_diffusion_prior():
+@pytest.mark.parametrize(
+    ("name", "kind", "shape"),
+    [("embedded-unet", "pixel", (1, 3, 32, 32)), ("embedded-unet-latent", "latent", (1, 4, 8, 8))],
+)
+def test_embedded_unets_load_through_diffusion_prior(name: str, kind: str, shape: tuple[int, ...]):
     from priors.model import DiffusionPrior
 
-    prior = DiffusionPrior.from_pretrained("embedded-unet")
-    assert (prior.kind, prior.resolution, prior.prediction_type) == ("pixel", 32, "v_prediction")
+    prior = DiffusionPrior.from_pretrained(name)
+    assert (prior.kind, prior.resolution, prior.prediction_type) == (kind, 32, "v_prediction")
     assert prior.pass_attention_mask
     cond = prior.encode_prompt(["a green cone, front view"])
-    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
     eps = prior.predict_noise(x, torch.tensor([500]), cond, guidance_scale=7.5)
-    assert eps.shape == (1, 3, 32, 32) and torch.isfinite(eps).all()
+    assert eps.shape == shape and torch.isfinite(eps).all()

@@ -290,11 +290,14 @@ def test_folder_without_model_index_is_a_user_error(tmp_path: Path) -> None:
 
 
 def test_embedded_unet_without_weights_says_so(monkeypatch, tmp_path: Path) -> None:
+    import priors
     import priors.model
 
     monkeypatch.setattr(priors.model, "EMBEDDED_UNET_DIR", tmp_path / "embedded-unet")
-    with pytest.raises(UserError, match="not shipped yet"):
-        DiffusionPrior.from_pretrained("embedded-unet")
+    monkeypatch.setattr(priors, "EMBEDDED_LATENT_DIR", tmp_path / "embedded-unet-latent")
+    for name in ("embedded-unet", "embedded-unet-latent"):
+        with pytest.raises(UserError, match=f"the {name} prior's weights are not shipped"):
+            DiffusionPrior.from_pretrained(name)
 
 
 def test_dtype_and_attention_slicing_options(sd_folder: Path) -> None:
