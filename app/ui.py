@@ -9,14 +9,13 @@ environment (temp folder, analytics) is set, so importing this module stays chea
 from __future__ import annotations
 
 import contextvars
-import ctypes
 import logging
 import os
 import threading
 import time
 import typing
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +75,66 @@ def make_config(
     validate(config)
     if config.sds.guidance_scale <= 0:
         raise UserError(f"guidance must be positive, got {guidance}")
+    return config
+
+
+def check_prior_source(prior: str, allowed_dirs: list[Path] | None) -> None:
+    """Refuses a local prior folder outside ``allowed_dirs`` (``None``: no restriction).
+
+    A server that listens beyond this machine must not let a visitor make it read (and unpickle)
+    any folder on disk: hub ids and embedded names pass, local paths must lie in an allowed folder.
+
+    Raises:
+        UserError: naming the allowed folders and the option that adds one.
+    """
+    from recon.errors import UserError
+
+    prior = (prior or "").strip()
+    if allowed_dirs is None or prior in EMBEDDED_PRIORS:
+        return
+    path = Path(prior).expanduser()
+    looks_local = path.is_absolute() or prior.startswith((".", "~")) or path.exists()
+    if not looks_local:
+        return  # a hub id such as "stabilityai/stable-diffusion-2-1-base"
+    resolved = path.resolve()
+    if not any(resolved == d or d in resolved.parents for d in allowed_dirs):
+        allowed = ", ".join(str(d) for d in allowed_dirs)
+        raise UserError(
+            f"local prior folder {prior!r} is outside the folders this server may read ({allowed}); "
+            "move it under one of them, or restart with `sds3d app --allow-prior-dir DIR`"
+        )
+
+
+def make_video_config(
+    video: str | None,
+    steps: int = 1500,
+    max_frames: int = 60,
+    resolution: int = 0,
+    seed: int = 0,
+    faces: int = 20_000,
+    texture_size: int = 512,
+) -> Any:
+    """A validated ``VideoReconConfig`` for an uploaded video from the form values.
+
+    Raises:
+        UserError: when a run could not start with these values (the message says the fix).
+    """
+    from recon.data.video import VIDEO_SUFFIXES
+    from recon.errors import UserError
+    from recon.pipelines.video_recon import reconstruct_config, validate
+
+    if not video or not Path(video).is_file():
+        raise UserError("upload a video first (drop a file on the video box)")
+    if Path(video).suffix.lower() not in VIDEO_SUFFIXES:
+        raise UserError(f"{Path(video).name!r} is not a video; upload one of {', '.join(VIDEO_SUFFIXES)}")
+    checks = (("steps", steps, 1), ("keyframes", max_frames, 3), ("resolution", resolution, 0))
+    for name, value, low in checks:
+        if value is None or int(value) != value or int(value) < low:
+            raise UserError(f"{name} must be a whole number >= {low}, got {value!r}")
+    config = reconstruct_config(max_frames=int(max_frames), steps=int(steps), resolution=int(resolution),
+                                seed=int(seed or 0))  # fmt: skip
+    config.faces, config.texture_size = int(faces), int(texture_size)
+    validate(config)
     return config
 
 
@@ -205,75 +264,60 @@ def render_preview(run_dir: Path) -> Path | None:
     return save_turntable(model, Path(run_dir) / "renders" / "preview.png")
 
 
-class RunCancelled(BaseException):
-    """Raised inside the worker thread when the user cancels a run."""
-
-
-class GenerateJob:
-    """One :func:`recon.pipelines.generate` call in a worker thread that can be cancelled.
+class RunJob:
+    """One library run (:func:`recon.pipelines.generate`, :func:`recon.pipelines.video_recon.reconstruct`)
+    in a worker thread, followed and stopped through :class:`recon.train.Hooks`.
 
     The worker inherits the caller's context variables, so Gradio's ``track_tqdm`` sees its bars.
+    A cancel asks the trainer to stop after its current step; it writes a checkpoint first, so a
+    cancelled text-to-3D run can be resumed (``sds3d generate --resume RUN_DIR``).
     """
 
-    def __init__(self, config: Any, pipeline: str, outputs: Path, export_options: dict[str, Any]):
-        self.config = config
-        self.pipeline = pipeline
-        self.outputs = Path(outputs)
-        self.export_options = export_options
+    def __init__(self, target: Callable[[Any], Path]):
+        """``target(hooks)`` runs the library call with these hooks and returns the run folder."""
+        self.target = target
         self.result: Path | None = None
         self.error: BaseException | None = None
+        self.stopped: Any = None  # the recon.train.Stopped of a cancelled run
+        self.run_dir: Path | None = None
+        self.checkpoints = 0
+        self.step = 0
         self.done = threading.Event()
-        self._before = set(self._candidates())
-        self._run_dir: Path | None = None
+        self._stop = threading.Event()
         context = contextvars.copy_context()
         self.thread = threading.Thread(target=context.run, args=(self._work,), daemon=True, name="sds3d-run")
 
-    def _candidates(self) -> list[Path]:
-        from recon.runs import slugify
+    def _on_run_dir(self, path: Path) -> None:
+        self.run_dir = Path(path)
 
-        root = self.outputs / self.pipeline
-        return list(root.glob(f"{slugify(self.config.prompt)}-*")) if root.is_dir() else []
+    def _on_checkpoint(self, path: Path, step: int) -> None:
+        self.checkpoints += 1
+        self.step = step
 
-    @property
-    def run_dir(self) -> Path | None:
-        """The run folder once ``generate`` has created it (the UI runs one generation at a time)."""
-        if self._run_dir is None:
-            new = [p for p in self._candidates() if p not in self._before and (p / "config.yaml").exists()]
-            self._run_dir = max(new, key=lambda p: p.stat().st_mtime) if new else None
-        return self._run_dir
-
-    def start(self) -> GenerateJob:
+    def start(self) -> RunJob:
         self.thread.start()
         return self
 
     def _work(self) -> None:
-        from recon.pipelines import generate
+        from recon.train import Hooks, Stopped
 
+        hooks = Hooks(self._on_run_dir, self._on_checkpoint, should_stop=self._stop.is_set)
         try:
-            self.result = generate(
-                self.config, self.pipeline, self.outputs, export=True, export_options=self.export_options
-            )
-        except RunCancelled:
-            pass
+            self.result = self.target(hooks)
+        except Stopped as stop:
+            self.stopped = stop
         except Exception as err:  # noqa: BLE001 - handed to the UI thread, which reports it
             self.error = err
         finally:
             self.done.set()
 
-    def cancel(self, timeout: float = 30.0) -> None:
-        """Stops the worker at its next Python instruction and removes a run that has no checkpoint.
+    def cancel(self, timeout: float = 120.0) -> bool:
+        """Asks the run to stop after its current step and waits for the worker; True when it ended.
 
-        ``recon`` has no stop hook yet, so the stop is an asynchronous exception in the worker thread.
+        A run still loading its prior stops at its first step; one already exporting finishes.
         """
-        if self.thread.ident is not None and not self.done.is_set():
-            ctypes.pythonapi.PyThreadState_SetAsyncExc(
-                ctypes.c_ulong(self.thread.ident), ctypes.py_object(RunCancelled)
-            )
-            self.done.wait(timeout)
-        if self.run_dir is not None:
-            from recon.runs import remove_incomplete_run
-
-            remove_incomplete_run(self.run_dir)
+        self._stop.set()
+        return self.done.wait(timeout)
 
 
 # ---------------------------------------------------------------- the Blocks app
@@ -287,6 +331,7 @@ def build_app(
     outputs: str | Path = "outputs",
     max_queue_size: int = 8,
     export_extra: dict[str, Any] | None = None,
+    allowed_prior_dirs: list[str | Path] | None = None,
 ):
     """Builds the Gradio Blocks app.
 
@@ -295,12 +340,16 @@ def build_app(
         max_queue_size: Requests that may wait for the generator at once (more get "queue full").
         export_extra: Extra ``recon.runs.export_run`` options (e.g. ``image_size``, ``n_views``; tests
             use smaller ones).
+        allowed_prior_dirs: Folders a local prior may be loaded from (``None``: anywhere, for a server
+            only this machine reaches; ``sds3d app`` restricts it when ``--host`` is not local).
 
     Returns:
         The ``gr.Blocks`` app (not launched; see :func:`launch_app`).
     """
     outputs = Path(outputs).resolve()
     outputs.mkdir(parents=True, exist_ok=True)
+    if allowed_prior_dirs is not None:
+        allowed_prior_dirs = [Path(d).expanduser().resolve() for d in allowed_prior_dirs]
     configure_environment(outputs)
     import gradio as gr
 
@@ -311,6 +360,7 @@ def build_app(
         from recon.errors import UserError
 
         try:
+            check_prior_source(prior, allowed_prior_dirs)
             config = make_config(prompt, prior, allow_download, steps, seed, guidance, views, preview_every)
             check_prompt(config)
         except UserError as err:
@@ -326,7 +376,8 @@ def build_app(
         downloads = [str(p) for p in (files["glb"], files["zip"], files["ply"], files["splat"]) if p]
         as_str = {k: (str(v) if v else None) for k, v in files.items()}
         gallery, runs = gallery_value()
-        return message, as_str["turntable"], as_str["glb"], as_str["splat"], downloads, gallery, runs
+        shown = as_str["turntable"], as_str["glb"], as_str["splat"]
+        return message, *shown, downloads, gallery, runs, str(run_dir)
 
     def generate_fn(
         prompt: str, pipeline: str, prior: str, allow_download: bool, steps: float, seed: float,
@@ -334,34 +385,43 @@ def build_app(
         progress=gr.Progress(track_tqdm=True),  # noqa: B008 - Gradio's injection idiom
     ) -> Iterator[tuple]:  # fmt: skip
         """Runs a generation and streams (status, preview, glb, splats, downloads, gallery, runs)."""
-        from recon.errors import UserError
-
         config = validated_config(prompt, prior, allow_download, steps, seed, guidance, views, preview_every)
         if pipeline not in pipeline_choices():
             raise gr.Error(f"unknown pipeline {pipeline!r}; choose one of {list(pipeline_choices())}")
         export_options = {"faces": int(faces), "texture_size": int(texture_size), **(export_extra or {})}
-        job = GenerateJob(config, pipeline, outputs, export_options)
-        skip = gr.skip()
+
+        def target(hooks: Any) -> Path:
+            from recon.pipelines import generate
+
+            return generate(
+                config, pipeline, outputs, export=True, export_options=export_options, hooks=hooks
+            )
+
         progress(0.0, desc="loading the prior")
-        job.start()
-        seen_ckpt = 0.0
+        start = f"Started: {config.prompt!r}, {config.steps} steps."
+        yield from follow(RunJob(target).start(), start, preview=True)
+
+    def follow(job: RunJob, started: str, preview: bool) -> Iterator[tuple]:
+        """Streams a running job's status (and checkpoint previews) to the result panel, then its result."""
+        from recon.errors import UserError
+
+        skip = gr.skip()
+        seen = 0
         try:
             # Yield often: Gradio can only close (cancel) a generator that is paused at a yield.
-            yield f"Started: {config.prompt!r}, {config.steps} steps.", skip, skip, skip, skip, skip, skip
+            yield started, skip, skip, skip, skip, skip, skip, skip
             while not job.done.wait(POLL_SECONDS):
-                run_dir = job.run_dir
-                ckpt = run_dir / "ckpt" / "last.pt" if run_dir else None
-                if ckpt is not None and ckpt.is_file() and ckpt.stat().st_mtime > seen_ckpt:
-                    seen_ckpt = ckpt.stat().st_mtime
-                    preview = render_preview(run_dir)
-                    if preview is not None:
-                        msg = f"Training `{run_dir.name}`: preview from the last checkpoint."
-                        yield msg, str(preview), skip, skip, skip, skip, skip
+                if preview and job.checkpoints > seen and job.run_dir is not None:
+                    seen = job.checkpoints
+                    image = render_preview(job.run_dir)
+                    if image is not None:
+                        msg = f"Training `{job.run_dir.name}`: step {job.step} (last checkpoint)."
+                        yield msg, str(image), skip, skip, skip, skip, skip, skip
                         continue
-                yield skip, skip, skip, skip, skip, skip, skip
+                yield skip, skip, skip, skip, skip, skip, skip, skip
         finally:
             if not job.done.is_set():  # the user cancelled or left: stop the worker
-                log.info("generation cancelled; stopping the run")
+                log.info("run cancelled; stopping it after its current step")
                 job.cancel()
         if isinstance(job.error, UserError):
             raise user_error(job.error)
@@ -369,10 +429,44 @@ def build_app(
             raise gr.Error(f"the run failed: {job.error}")
         yield result_outputs(job.result, f"Done: `{job.result}`")
 
+    def reconstruct_fn(
+        video: str | None, steps: float, max_frames: float, resolution: float, seed: float, faces: float,
+        texture_size: float, progress=gr.Progress(track_tqdm=True),  # noqa: B008 - Gradio's injection idiom
+    ) -> Iterator[tuple]:  # fmt: skip
+        """Reconstructs Gaussians (and a mesh) from an uploaded video; streams like :func:`generate_fn`."""
+        from recon.errors import UserError
+
+        try:
+            config = make_video_config(video, steps, max_frames, resolution, seed, faces, texture_size)
+        except UserError as err:
+            raise user_error(err) from None
+        extra = export_extra or {}
+        config.faces = int(extra.get("faces", config.faces))
+        config.texture_size = int(extra.get("texture_size", config.texture_size))
+        config.export_image_size = int(extra.get("image_size", config.export_image_size))
+        config.export_views = int(extra.get("n_views", config.export_views))
+
+        def target(hooks: Any) -> Path:
+            from recon.pipelines import save_turntable
+            from recon.pipelines.video_recon import reconstruct
+            from recon.runs import load_model
+
+            run_dir = reconstruct(video, config, outputs, hooks=hooks)
+            save_turntable(load_model(run_dir), run_dir / "renders" / "turntable.png")  # the gallery's image
+            return run_dir
+
+        progress(0.0, desc="reading the video and posing its frames")
+        start = f"Started: `{Path(video).name}`, {config.steps} steps."
+        yield from follow(RunJob(target).start(), start, preview=False)
+
     def validate_fn(prompt, pipeline, prior, allow_download, steps, seed, guidance, views, faces, tex, every):
         """Runs before a request is queued; a failure shows next to the inputs and queues nothing."""
         from recon.errors import UserError
 
+        try:
+            check_prior_source(prior, allowed_prior_dirs)
+        except UserError as err:
+            return [gr.validate(i != 2, str(err)) for i in range(11)]
         try:
             config = make_config(prompt, prior, allow_download, steps, seed, guidance, views, every)
         except UserError as err:
@@ -384,6 +478,13 @@ def build_app(
         except UserError as err:
             return [gr.validate(i != 0, str(err)) for i in range(11)]
         return [gr.validate(True, "") for _ in range(11)]
+
+    def redraw_viewers(run: str | None) -> tuple:
+        """The 3D viewers' values for the run just shown."""
+        if not run:
+            return gr.skip(), gr.skip()
+        files = run_files(Path(run))
+        return tuple(str(files[k]) if files[k] else None for k in ("glb", "splat"))
 
     def open_run(runs: list[str], evt: gr.SelectData) -> tuple:
         if not runs or evt.index is None or not 0 <= int(evt.index) < len(runs):
@@ -398,6 +499,7 @@ def build_app(
             "# sds3d — text to 3D\nScore distillation into 3D Gaussians, exported as a textured mesh."
         )
         runs_state = gr.State([])
+        shown_run = gr.State(None)
         with gr.Row():
             with gr.Column(scale=1):
                 with gr.Tab("Generate"):
@@ -423,6 +525,20 @@ def build_app(
                         generate_btn = gr.Button("Generate", variant="primary", elem_id="generate")
                         cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel")
                     gr.Examples([[p] for p in EXAMPLE_PROMPTS], inputs=[prompt], label="Examples")
+                with gr.Tab("Video"):
+                    from recon.data.video import VIDEO_SUFFIXES
+
+                    video = gr.File(label="Video (a camera moving around an object)", type="filepath",
+                                    file_types=list(VIDEO_SUFFIXES), elem_id="video")  # fmt: skip
+                    with gr.Row():
+                        video_steps = gr.Number(600, label="Steps", precision=0)
+                        max_frames = gr.Number(40, label="Keyframes", precision=0)
+                    with gr.Accordion("Advanced settings", open=False):
+                        resolution = gr.Number(0, label="Longest image side (0: 512 px or less)", precision=0)
+                        video_seed = gr.Number(0, label="Seed", precision=0)
+                    with gr.Row():
+                        reconstruct_btn = gr.Button("Reconstruct", variant="primary", elem_id="reconstruct")
+                        video_cancel_btn = gr.Button("Cancel", variant="stop", elem_id="video-cancel")
                 status = gr.Markdown("", elem_id="status")
                 preview = gr.Image(label="Preview (turntable)", type="filepath", interactive=False)
             with gr.Column(scale=1):
@@ -439,13 +555,27 @@ def build_app(
 
         inputs = [prompt, pipeline, prior, allow_download, steps, seed, guidance, views, faces, texture_size,
                   preview_every]  # fmt: skip
-        outputs_ = [status, preview, glb_view, splat_view, downloads, gallery, runs_state]
+        # Runs stream into hidden file slots (the API's glb / splat outputs); the 3D viewers are set from
+        # them afterwards by a plain event: a Model3D updated by a streaming event never creates its
+        # canvas in Gradio's frontend (opening a run from the gallery, a plain event, does).
+        glb_file = gr.File(visible=False)
+        splat_file = gr.File(visible=False)
+        outputs_ = [status, preview, glb_file, splat_file, downloads, gallery, runs_state, shown_run]
         gen_event = generate_btn.click(
             generate_fn, inputs, outputs_, api_name="generate", concurrency_limit=1,
             concurrency_id="generate", validator=validate_fn, show_progress="full",
         )  # fmt: skip
         cancel_btn.click(None, None, None, cancels=[gen_event])
-        gallery.select(open_run, [runs_state], outputs_, api_visibility="private")
+        video_inputs = [video, video_steps, max_frames, resolution, video_seed, faces, texture_size]
+        video_event = reconstruct_btn.click(
+            reconstruct_fn, video_inputs, outputs_, api_name="reconstruct", concurrency_limit=1,
+            concurrency_id="generate", show_progress="full",
+        )  # fmt: skip
+        video_cancel_btn.click(None, None, None, cancels=[video_event])
+        opened = gallery.select(open_run, [runs_state], outputs_, api_visibility="private")
+        for event in (gen_event, video_event, opened):
+            event.then(redraw_viewers, [shown_run], [glb_view, splat_view], api_visibility="private",
+                       show_progress="hidden")  # fmt: skip
         refresh_btn.click(gallery_value, None, [gallery, runs_state], api_visibility="private")
         demo.load(gallery_value, None, [gallery, runs_state], api_visibility="private")
     demo.queue(max_size=max_queue_size, default_concurrency_limit=4)

@@ -122,6 +122,27 @@ class TrainConfig:
 
 
 @dataclass
+class Hooks:
+    """Callbacks an embedding application (the UI, a job runner) passes to a run; all optional."""
+
+    on_run_dir: Callable[[Path], None] | None = None
+    """Called once the run folder exists (before the first step)."""
+    on_checkpoint: Callable[[Path, int], None] | None = None
+    """Called after each checkpoint is written, with its path and the run's global step."""
+    should_stop: Callable[[], bool] | None = None
+    """Polled after every step; when it returns True the run checkpoints and raises :class:`Stopped`."""
+
+
+class Stopped(Exception):
+    """A run stopped on request (:attr:`Hooks.should_stop`); resume it from ``run_dir``."""
+
+    def __init__(self, run_dir: Path, step: int):
+        super().__init__(f"run stopped at step {step}; resume with --resume {run_dir}")
+        self.run_dir = run_dir
+        self.step = step
+
+
+@dataclass
 class TrainState:
     stage_index: int = 0
     stage_step: int = 0
@@ -151,6 +172,7 @@ class Trainer:
         self.strategy = None
         self.strategy_state: dict[str, Any] | None = None
         self.bad_steps = 0
+        self.hooks = Hooks()
 
     # ------------------------------------------------------------------ optimizers
     def _make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
@@ -171,12 +193,18 @@ class Trainer:
     def checkpoint_path(self) -> Path:
         return self.run_dir / "ckpt" / "last.pt"
 
-    def save_checkpoint(self) -> None:
-        """Writes ``ckpt/last.pt`` atomically; refuses non-finite parameters."""
+    @property
+    def global_step(self) -> int:
+        """Steps done over all stages."""
+        done = sum(stage.steps for stage in self.stages[: self.state.stage_index])
+        return done + self.state.stage_step
+
+    def save_checkpoint(self) -> bool:
+        """Writes ``ckpt/last.pt`` atomically; refuses non-finite parameters. True when written."""
         for name, p in self.model.splats.items():
             if not torch.isfinite(p).all():
                 log.warning("not checkpointing: parameter %s holds NaN/Inf", name)
-                return
+                return False
         payload = {
             "version": 1,
             "stage_index": self.state.stage_index,
@@ -190,6 +218,9 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
         }
         atomic_torch_save(payload, self.checkpoint_path)
+        if self.hooks.on_checkpoint is not None:
+            self.hooks.on_checkpoint(self.checkpoint_path, self.global_step)
+        return True
 
     def load_checkpoint(self, path: str | Path | None = None) -> None:
         """Restores model, optimizers, strategy and RNG state from a checkpoint."""
@@ -218,8 +249,14 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def fit(self) -> dict[str, Any]:
-        """Runs the remaining stages; returns the per-stage metrics."""
+        """Runs the remaining stages; returns the per-stage metrics.
+
+        Raises:
+            Stopped: when :attr:`hooks` ``.should_stop`` asked for a stop (a checkpoint was written first).
+        """
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.hooks.on_run_dir is not None:
+            self.hooks.on_run_dir(self.run_dir)
         while self.state.stage_index < len(self.stages):
             stage = self.stages[self.state.stage_index]
             self._run_stage(stage)
@@ -263,6 +300,14 @@ class Trainer:
                 bar.set_postfix({k: f"{v:.4g}" for k, v in losses.items()}, refresh=False)
             self.state.stage_step += 1
             bar.update(1)
+            if self.hooks.should_stop is not None and self.hooks.should_stop():
+                bar.close()
+                stats["seconds"] += time.perf_counter() - started
+                self._summarise(stats, recent)
+                self.save_checkpoint()
+                self.write_metrics()
+                log.info("stopped on request at stage %s step %d", stage.name, self.state.stage_step)
+                raise Stopped(self.run_dir, self.global_step)
             if (
                 self.state.stage_step % self.config.checkpoint_every == 0
                 and self.state.stage_step < stage.steps

@@ -19,6 +19,7 @@ from recon.atomic import atomic_write
 from recon.errors import UserError
 from recon.pipelines import stabledreamer
 from recon.runs import config_from_dict, export_run, load_config, new_run_dir, save_config
+from recon.train import Hooks
 
 log = logging.getLogger("sds3d.generate")
 
@@ -63,8 +64,14 @@ def generate(
     resume: str | Path | None = None,
     export: bool = True,
     export_options: dict[str, Any] | None = None,
+    hooks: Hooks | None = None,
 ) -> Path:
-    """Runs (or resumes) a text-to-3D pipeline and exports its result; returns the run folder."""
+    """Runs (or resumes) a text-to-3D pipeline and exports its result; returns the run folder.
+
+    ``hooks`` (:class:`recon.train.Hooks`) let a caller learn the run folder, follow checkpoints and
+    stop the run: a stop raises :class:`recon.train.Stopped` after a checkpoint, and
+    ``generate(resume=run_dir)`` continues it.
+    """
     if resume is not None:
         run_dir = Path(resume)
         pipeline, data = load_config(run_dir)
@@ -85,6 +92,8 @@ def generate(
         run_dir.mkdir(parents=True)
         save_config(config, run_dir, pipeline)
     log.info("run folder: %s", run_dir)
+    if hooks is not None:
+        trainer.hooks = hooks
     trainer.fit()
     save_turntable(trainer.model, run_dir / "renders" / "turntable.png")
     if export:

@@ -26,7 +26,7 @@ from recon.errors import UserError
 from recon.gaussians import DensifyConfig, GaussianModel
 from recon.render import render_gaussians
 from recon.runs import export_run, new_run_dir, save_config
-from recon.train import LearningRate, LossTerm, Stage, StepContext, TrainConfig, Trainer, psnr
+from recon.train import Hooks, LearningRate, LossTerm, Stage, StepContext, TrainConfig, Trainer, psnr
 
 log = logging.getLogger("sds3d.video_recon")
 
@@ -243,11 +243,14 @@ def reconstruct(
     out_root: str | Path = "outputs",
     run_dir: str | Path | None = None,
     export: bool = True,
+    hooks: Hooks | None = None,
 ) -> Path:
     """Input (video, image folder, transforms.json, COLMAP folder) → fitted Gaussians → export.
 
     The run folder is created only once the input has been loaded and posed, so a bad input leaves
-    nothing behind; a run that fails later is removed too.
+    nothing behind; a run that fails later is removed too. ``hooks`` (:class:`recon.train.Hooks`)
+    report the run folder and checkpoints and can stop the run: :class:`recon.train.Stopped` is
+    raised and, like any failure, the unfinished run folder is removed.
 
     Returns:
         The run folder (``config.yaml``, ``transforms.json`` + ``images/``, ``ckpt/last.pt``,
@@ -263,6 +266,8 @@ def reconstruct(
         Path(run_dir) if run_dir is not None else new_run_dir(out_root, "video_recon", Path(source).stem)
     )
     trainer = build_trainer(scene, train_idx, config, run_dir)
+    if hooks is not None:
+        trainer.hooks = hooks
     bg = config.background
     run_dir.mkdir(parents=True, exist_ok=False)
     try:

@@ -22,8 +22,10 @@ sync_api = pytest.importorskip(
 
 CHROMIUM = os.environ.get("SDS3D_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--headless", "--no-sandbox", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    # No GPU here: WebGL through ANGLE on SwiftShader (software Vulkan), so the 3D viewers draw.
+    "--use-gl=angle", "--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--ignore-gpu-blocklist",
 ]  # fmt: skip
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
@@ -78,14 +80,23 @@ def test_generate_in_the_browser_shows_the_mesh(app_url):
             glb_href = glb_link.get_attribute("href")
             splat_href = page.locator("#splat-view [data-testid=model3d-download-link]").get_attribute("href")
             took = time.perf_counter() - started
-            page.wait_for_timeout(3000)  # let the viewers load
-            canvases = page.locator("#glb-view canvas, #splat-view canvas").count()
+            webgl = page.evaluate("() => !!document.createElement('canvas').getContext('webgl2')")
+            canvas = page.locator("#glb-view canvas").first
+            drawn, deadline = None, time.time() + 45
+            while time.time() < deadline:  # the viewer draws the mesh: colored pixels on its canvas
+                if canvas.count():
+                    drawn = _drawn_fraction(canvas.screenshot(path=str(ARTIFACTS / "app-glb-viewer.png")))
+                    if drawn > 0.02:
+                        break
+                page.wait_for_timeout(1000)
             page.screenshot(path=str(ARTIFACTS / "app-generate.png"), full_page=True)
             text = page.locator("body").inner_text()
             toasts = page.locator(".toast-body.error").count()
         finally:
             browser.close()
-    print(f"browser: generate to 3D view in {took:.1f} s ({canvases} WebGL canvases)")
+    shown = "no canvas" if drawn is None else f"the mesh covers {drawn:.1%} of its canvas"
+    print(f"browser: generate to result in {took:.1f} s; WebGL2 {webgl}; GLB viewer: {shown}")
+    assert webgl, "WebGL is unavailable in this Chromium (SwiftShader missing?)"
     assert glb_href.endswith("/model.glb") and splat_href.endswith("/model.splat")
     served = glb_href.split("file=", 1)[1]
     assert Path(served).resolve().is_relative_to(outputs.resolve())  # served from the outputs folder
@@ -94,7 +105,23 @@ def test_generate_in_the_browser_shows_the_mesh(app_url):
     runs = list((outputs / "stabledreamer").glob("a-yellow-torus-*/export/model.glb"))
     assert len(runs) == 1
     assert not foreign, f"the page reached beyond this machine: {foreign[:5]}"
-    assert not [e for e in console_errors if "favicon" not in e], console_errors
+    # Babylon.js tries WebGPU first and logs an error when it falls back to WebGL2 (no GPU here).
+    assert not [e for e in console_errors if "favicon" not in e and "WebGPU" not in e], console_errors
+    assert drawn is not None, "the GLB viewer created no <canvas> (see test-artifacts/app-generate.png)"
+    assert drawn > 0.02, "the GLB viewer did not draw the mesh (see test-artifacts/app-glb-viewer.png)"
+
+
+def _drawn_fraction(png: bytes) -> float:
+    """Share of the viewer canvas (below its label and buttons) that differs from its empty background."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(np.float32) / 255
+    body = rgb[rgb.shape[0] // 8 :]
+    background = np.median(np.concatenate([body[:, :4], body[:, -4:]], axis=1).reshape(-1, 3), axis=0)
+    return float((np.abs(body - background).max(-1) > 0.1).mean())
 
 
 def _is_foreign(url: str) -> bool:

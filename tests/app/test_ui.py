@@ -124,21 +124,74 @@ def test_two_requests_are_served_one_after_the_other(app):
     print(f"two queued generations served in {elapsed:.1f} s")
 
 
-def test_cancel_stops_the_worker(app):
+def test_cancel_stops_the_run_at_a_resumable_checkpoint(app):
+    import torch
+
+    from recon.runs import load_config
+
     client, outputs, _ = app
     job = client.submit(**form("a green cone", steps=5000, preview_every=1000), api_name="/generate")
     deadline = time.time() + 120
-    while not any(t.name == "sds3d-run" for t in threading.enumerate()):  # the worker is training
+    while not any("a-green-cone" in p.name for p in run_dirs(outputs)):  # the trainer has started
         assert time.time() < deadline, "the generation never started"
         time.sleep(0.2)
-    time.sleep(2.0)
+    time.sleep(3.0)
     job.cancel()
-    deadline = time.time() + 60
+    cancelled = time.time()
     while any(t.name == "sds3d-run" for t in threading.enumerate()):
-        assert time.time() < deadline, "the worker thread is still running after cancel"
+        assert time.time() < cancelled + 60, "the worker thread is still running after cancel"
         time.sleep(0.2)
-    # The cancelled run had no checkpoint yet, so its folder is gone.
-    assert not any("a-green-cone" in p.name for p in run_dirs(outputs))
+    print(f"the worker stopped {time.time() - cancelled:.1f} s after the cancel")
+    # The trainer stopped at a step boundary and checkpointed there: the run can be resumed.
+    (run_dir,) = [p for p in run_dirs(outputs) if "a-green-cone" in p.name]
+    ckpt = torch.load(run_dir / "ckpt" / "last.pt", weights_only=False)
+    assert ckpt["stage_index"] == 0 and 0 < ckpt["stage_step"] < 1000
+    assert load_config(run_dir)[1]["prompt"] == "a green cone"
+    assert not (run_dir / "export").exists()
+
+
+@pytest.mark.parametrize(
+    ("prior", "allowed"),
+    [("embedded", True), ("stabilityai/stable-diffusion-2-1-base", True), ("/etc", False), ("..", False),
+     ("~", False), ("{outputs}/my-prior", True), ("{outputs}/../elsewhere", False)],
+)  # fmt: skip
+def test_remote_server_reads_local_priors_only_from_allowed_folders(tmp_path, prior, allowed):
+    from recon.errors import UserError
+
+    outputs = tmp_path / "outputs"
+    (outputs / "my-prior").mkdir(parents=True)
+    prior = prior.format(outputs=outputs)
+    ui.check_prior_source(prior, None)  # a server only this machine reaches: anything goes
+    if allowed:
+        ui.check_prior_source(prior, [outputs.resolve()])
+    else:
+        with pytest.raises(UserError, match="--allow-prior-dir"):
+            ui.check_prior_source(prior, [outputs.resolve()])
+
+
+def test_video_tab_reconstructs_an_uploaded_video(app, tmp_path):
+    import trimesh
+
+    from recon.data.synthetic import write_synthetic_video
+
+    client, outputs, _ = app
+    video = tmp_path / "blocks.mp4"
+    write_synthetic_video(video, n_frames=24, sweep_deg=150.0)
+    with pytest.raises(Exception, match="upload a video first"):  # noqa: B017 - gradio_client's error type
+        client.predict(None, 100, 16, 96, 0, 2000, 128, api_name="/reconstruct")
+    started = time.perf_counter()
+    status, turntable, glb, splat, downloads, gallery = client.predict(
+        gradio_client.handle_file(str(video)), 150, 16, 96, 0, 2000, 128, api_name="/reconstruct"
+    )
+    print(f"video reconstruction through the app: {time.perf_counter() - started:.1f} s")
+    assert status.startswith("Done"), status
+    run_dir = Path(re.search(r"`(.+)`", status).group(1))
+    assert run_dir.parent == outputs / "video_recon"
+    mesh = trimesh.load(glb, force="mesh")
+    uv = np.asarray(mesh.visual.uv)
+    assert len(mesh.faces) > 100 and uv.shape == (len(mesh.vertices), 2) and 0 <= uv.min() <= uv.max() <= 1
+    assert Path(splat).stat().st_size > 1000 and Path(turntable).is_file()
+    assert {Path(d).name for d in downloads} >= {"model.glb", "model-obj.zip", "splats.ply"}
 
 
 def test_sds3d_app_starts_within_15_s_and_prints_its_url(tmp_path):

@@ -9,7 +9,7 @@ from recon.cameras import orbit_cameras
 from recon.errors import UserError
 from recon.gaussians import DensifyConfig, GaussianModel
 from recon.render import render_gaussians
-from recon.train import LossTerm, Stage, TrainConfig, Trainer
+from recon.train import Hooks, LossTerm, Stage, Stopped, TrainConfig, Trainer
 
 
 class KilledError(Exception):
@@ -86,6 +86,43 @@ def test_killed_run_resumes_exactly(tmp_path, densify):
         assert torch.equal(resumed[k], reference[k]), k
     metrics = json.loads((tmp_path / "killed" / "metrics.json").read_text())
     assert set(metrics["stages"]) == {"a", "b"}
+
+
+def test_stop_request_checkpoints_and_resumes_exactly(tmp_path):
+    cfg = TrainConfig(seed=3, checkpoint_every=5, progress_bar=False)
+    model, stages = _setup()
+    Trainer(model, stages, tmp_path / "full", cfg).fit()
+    reference = _params(model)
+
+    events: list[tuple] = []
+    polls = {"n": 0}
+
+    def should_stop() -> bool:  # asks to stop once 14 steps are done (stage b, step 2)
+        polls["n"] += 1
+        return polls["n"] == 14
+
+    model, stages = _setup()
+    trainer = Trainer(model, stages, tmp_path / "stopped", cfg)
+    trainer.hooks = Hooks(
+        on_run_dir=lambda p: events.append(("run_dir", p)),
+        on_checkpoint=lambda p, step: events.append(("ckpt", step)),
+        should_stop=should_stop,
+    )
+    with pytest.raises(Stopped) as stop:
+        trainer.fit()
+    assert stop.value.step == 14 and stop.value.run_dir == tmp_path / "stopped"
+    assert polls["n"] == 14  # stopped right after the step that asked, not one later
+    assert events[0] == ("run_dir", tmp_path / "stopped")
+    assert [e[1] for e in events[1:]] == [5, 10, 12, 14]  # every 5 steps, end of stage a, the stop
+    ckpt = torch.load(tmp_path / "stopped" / "ckpt" / "last.pt", weights_only=False)
+    assert (ckpt["stage_index"], ckpt["stage_step"]) == (1, 2)  # nothing lost
+
+    model, stages = _setup()
+    resumed = Trainer(model, stages, tmp_path / "stopped", cfg)
+    resumed.load_checkpoint()
+    resumed.fit()
+    for k, v in _params(resumed.model).items():
+        assert torch.equal(v, reference[k]), k
 
 
 def test_nan_step_is_skipped_and_not_checkpointed(tmp_path):
