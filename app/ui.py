@@ -479,6 +479,18 @@ def build_app(
             return [gr.validate(i != 0, str(err)) for i in range(11)]
         return [gr.validate(True, "") for _ in range(11)]
 
+    def validate_video_fn(video, steps, max_frames, resolution, seed, faces, texture_size):
+        """Runs before a video request is queued (the upload itself is size-limited by Gradio)."""
+        from recon.errors import UserError
+
+        try:
+            make_video_config(video, steps, max_frames, resolution, seed, faces, texture_size)
+        except UserError as err:
+            bad = {"steps": 1, "keyframes": 2, "resolution": 3}
+            culprit = next((i for name, i in bad.items() if str(err).startswith(name)), 0)
+            return [gr.validate(i != culprit, str(err)) for i in range(7)]
+        return [gr.validate(True, "") for _ in range(7)]
+
     def redraw_viewers(run: str | None) -> tuple:
         """The 3D viewers' values for the run just shown."""
         if not run:
@@ -536,6 +548,10 @@ def build_app(
                     with gr.Accordion("Advanced settings", open=False):
                         resolution = gr.Number(0, label="Longest image side (0: 512 px or less)", precision=0)
                         video_seed = gr.Number(0, label="Seed", precision=0)
+                        video_faces = gr.Slider(500, 200_000, 20_000, step=500, label="Mesh faces")
+                        video_texture = gr.Dropdown(
+                            [128, 256, 512, 1024, 2048], value=512, label="Texture size"
+                        )
                     with gr.Row():
                         reconstruct_btn = gr.Button("Reconstruct", variant="primary", elem_id="reconstruct")
                         video_cancel_btn = gr.Button("Cancel", variant="stop", elem_id="video-cancel")
@@ -566,10 +582,10 @@ def build_app(
             concurrency_id="generate", validator=validate_fn, show_progress="full",
         )  # fmt: skip
         cancel_btn.click(None, None, None, cancels=[gen_event])
-        video_inputs = [video, video_steps, max_frames, resolution, video_seed, faces, texture_size]
+        video_inputs = [video, video_steps, max_frames, resolution, video_seed, video_faces, video_texture]
         video_event = reconstruct_btn.click(
             reconstruct_fn, video_inputs, outputs_, api_name="reconstruct", concurrency_limit=1,
-            concurrency_id="generate", show_progress="full",
+            concurrency_id="generate", validator=validate_video_fn, show_progress="full",
         )  # fmt: skip
         video_cancel_btn.click(None, None, None, cancels=[video_event])
         opened = gallery.select(open_run, [runs_state], outputs_, api_visibility="private")
@@ -595,7 +611,7 @@ def launch_app(
     host: str = "127.0.0.1",
     port: int = 7860,
     prevent_thread_lock: bool = False,
-    max_file_size: str = "20mb",
+    max_file_size: str = "200mb",
     warm: bool = True,
 ) -> str:
     """Serves the app; files are served only from ``outputs`` (and Gradio's temp folder inside it).
@@ -606,7 +622,7 @@ def launch_app(
         host: Interface to listen on.
         port: Port to listen on.
         prevent_thread_lock: Return once the server runs (it serves from a background thread).
-        max_file_size: Largest upload accepted.
+        max_file_size: Largest upload accepted (Gradio refuses bigger ones before they are stored).
         warm: Once serving, load the embedded prior in a background thread (quick first prompt check).
 
     Returns:

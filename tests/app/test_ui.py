@@ -25,6 +25,8 @@ from app.ui import build_app, launch_app, pipeline_choices  # noqa: E402
 ROOT = Path(__file__).resolve().parents[2]
 SMALL_EXPORT = {"faces": 2000, "texture_size": 128, "image_size": 128, "n_views": 12}
 """Export settings small enough for a test (the app's export_extra override the form's faces/texture)."""
+MAX_UPLOAD = "1mb"
+"""The test app's upload limit (`sds3d app --max-upload-mb`)."""
 
 
 def free_port() -> int:
@@ -44,8 +46,9 @@ def form(prompt: str, steps: int = 6, **kw) -> dict:
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
     outputs = tmp_path_factory.mktemp("app-outputs")
-    demo = build_app(outputs, max_queue_size=4, export_extra=SMALL_EXPORT)
-    url = launch_app(demo, outputs, port=free_port(), prevent_thread_lock=True)
+    # As `sds3d app --host 0.0.0.0` serves it: local priors only from the outputs folder; small uploads.
+    demo = build_app(outputs, max_queue_size=4, export_extra=SMALL_EXPORT, allowed_prior_dirs=[outputs])
+    url = launch_app(demo, outputs, port=free_port(), prevent_thread_lock=True, max_file_size=MAX_UPLOAD)
     assert ui.WARM.wait(120), "the embedded prior did not load"  # what a user waits for once, at start
     client = gradio_client.Client(url, verbose=False, download_files=str(outputs.parent / "client-files"))
     yield client, outputs, url
@@ -169,6 +172,76 @@ def test_remote_server_reads_local_priors_only_from_allowed_folders(tmp_path, pr
             ui.check_prior_source(prior, [outputs.resolve()])
 
 
+def test_remote_server_refuses_a_prior_folder_outside_the_allowed_ones(app, tmp_path):
+    client, outputs, _ = app
+    before = run_dirs(outputs) if (outputs / "stabledreamer").exists() else []
+    outside = tmp_path / "my-prior"
+    outside.mkdir()
+    for prior in ("/etc", str(outside), str(outputs / ".." / "elsewhere")):
+        with pytest.raises(Exception) as info:  # noqa: B017 - gradio_client raises ValidationError or AppError
+            client.predict(**form("a red cube", prior=prior), api_name="/generate")
+        assert "outside the folders this server may read" in str(info.value), str(info.value)
+        assert "--allow-prior-dir" in str(info.value)
+    # A folder under the outputs folder passes this check and fails later for what it is: not a prior.
+    inside = outputs / "priors" / "mine"
+    inside.mkdir(parents=True)
+    with pytest.raises(Exception) as info:  # noqa: B017
+        client.predict(**form("a red cube", prior=str(inside)), api_name="/generate")
+    assert "--allow-prior-dir" not in str(info.value), str(info.value)
+    after = run_dirs(outputs) if (outputs / "stabledreamer").exists() else []
+    assert after == before
+
+
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [("127.0.0.1", None), ("localhost", None), ("::1", None), ("0.0.0.0", ["out", "extra"]),
+     ("192.168.1.20", ["out", "extra"])],
+)  # fmt: skip
+def test_sds3d_app_restricts_prior_folders_unless_only_this_machine_connects(host, expected):
+    from app.commands.app import AppCommand
+
+    command = AppCommand(host=host, outputs=Path("out"), allow_prior_dir=(Path("extra"),))
+    dirs = command.prior_dirs()
+    assert (None if dirs is None else [str(d) for d in dirs]) == expected
+
+
+def test_video_upload_is_size_limited_and_checked_before_queuing(app, tmp_path):
+    import httpx
+
+    from recon.errors import UserError
+
+    client, outputs, url = app
+    big = tmp_path / "big.mp4"
+    big.write_bytes(np.random.default_rng(0).bytes(1_200_000))  # over the 1 MB limit
+    args = (100, 16, 160, 0, 2000, 128)
+    with pytest.raises(ValueError, match="exceeds the maximum file size of 1048576 bytes"):
+        client.predict(gradio_client.handle_file(str(big)), *args, api_name="/reconstruct")
+    # The server refuses it too (a client that ignores the published limit).
+    files = {"files": ("big.mp4", big.read_bytes())}
+    refused = httpx.post(f"{url}gradio_api/upload", files=files, timeout=30)
+    assert refused.status_code == 413, refused.text
+    # Not a video: Gradio's file-type check refuses it before queuing (HTTP 400), and so would the app's.
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a video")
+    with pytest.raises(Exception, match="400 Bad Request"):  # noqa: B017 - httpx's HTTPStatusError
+        client.predict(gradio_client.handle_file(str(notes)), *args, api_name="/reconstruct")
+    with pytest.raises(UserError, match="'notes.txt' is not a video; upload one of .mp4, .mov"):
+        ui.make_video_config(str(notes))
+    small = tmp_path / "small.mp4"
+    small.write_bytes(b"\0" * 1000)
+    bad = [((None, 100, 16), "upload a video first"), ((small, 0, 16), "steps must be a whole number >= 1"),
+           ((small, 100, 2), "keyframes must be a whole number >= 3")]  # fmt: skip
+    for (path, steps, frames), message in bad:
+        upload = gradio_client.handle_file(str(path)) if path else None
+        with pytest.raises(Exception, match=message):  # noqa: B017 - gradio_client's ValidationError
+            client.predict(upload, steps, frames, *args[2:], api_name="/reconstruct")
+    # An unreadable "video" passes the form checks and fails in the library, with its message.
+    with pytest.raises(Exception, match="video") as info:  # noqa: B017 - gradio_client's AppError
+        client.predict(gradio_client.handle_file(str(small)), *args, api_name="/reconstruct")
+    print(f"unreadable upload: {info.value}")
+    assert not (outputs / "video_recon").exists() or not any((outputs / "video_recon").iterdir())
+
+
 def test_video_tab_reconstructs_an_uploaded_video(app, tmp_path):
     import trimesh
 
@@ -176,12 +249,12 @@ def test_video_tab_reconstructs_an_uploaded_video(app, tmp_path):
 
     client, outputs, _ = app
     video = tmp_path / "blocks.mp4"
-    write_synthetic_video(video, n_frames=24, sweep_deg=150.0)
+    write_synthetic_video(video, n_frames=36, sweep_deg=150.0)  # as tests/recon/test_video_recon.py
     with pytest.raises(Exception, match="upload a video first"):  # noqa: B017 - gradio_client's error type
         client.predict(None, 100, 16, 96, 0, 2000, 128, api_name="/reconstruct")
     started = time.perf_counter()
     status, turntable, glb, splat, downloads, gallery = client.predict(
-        gradio_client.handle_file(str(video)), 150, 16, 96, 0, 2000, 128, api_name="/reconstruct"
+        gradio_client.handle_file(str(video)), 150, 24, 160, 0, 2000, 128, api_name="/reconstruct"
     )
     print(f"video reconstruction through the app: {time.perf_counter() - started:.1f} s")
     assert status.startswith("Done"), status
