@@ -81,21 +81,16 @@ def test_generate_in_the_browser_shows_the_mesh(app_url):
             splat_href = page.locator("#splat-view [data-testid=model3d-download-link]").get_attribute("href")
             took = time.perf_counter() - started
             webgl = page.evaluate("() => !!document.createElement('canvas').getContext('webgl2')")
-            canvas = page.locator("#glb-view canvas").first
-            drawn, deadline = None, time.time() + 45
-            while time.time() < deadline:  # the viewer draws the mesh: colored pixels on its canvas
-                if canvas.count():
-                    drawn = _drawn_fraction(canvas.screenshot(path=str(ARTIFACTS / "app-glb-viewer.png")))
-                    if drawn > 0.02:
-                        break
-                page.wait_for_timeout(1000)
+            drawn = _wait_until_drawn(page, "#glb-view canvas", ARTIFACTS / "app-glb-viewer.png")
+            splats_drawn = _wait_until_drawn(page, "#splat-view canvas", ARTIFACTS / "app-splat-viewer.png")
             page.screenshot(path=str(ARTIFACTS / "app-generate.png"), full_page=True)
             text = page.locator("body").inner_text()
             toasts = page.locator(".toast-body.error").count()
         finally:
             browser.close()
     shown = "no canvas" if drawn is None else f"the mesh covers {drawn:.1%} of its canvas"
-    print(f"browser: generate to result in {took:.1f} s; WebGL2 {webgl}; GLB viewer: {shown}")
+    splats = "no canvas" if splats_drawn is None else f"the splats cover {splats_drawn:.1%}"
+    print(f"browser: generate to result in {took:.1f} s; WebGL2 {webgl}; GLB viewer: {shown}; {splats}")
     assert webgl, "WebGL is unavailable in this Chromium (SwiftShader missing?)"
     assert glb_href.endswith("/model.glb") and splat_href.endswith("/model.splat")
     served = glb_href.split("file=", 1)[1]
@@ -109,6 +104,22 @@ def test_generate_in_the_browser_shows_the_mesh(app_url):
     assert not [e for e in console_errors if "favicon" not in e and "WebGPU" not in e], console_errors
     assert drawn is not None, "the GLB viewer created no <canvas> (see test-artifacts/app-generate.png)"
     assert drawn > 0.02, "the GLB viewer did not draw the mesh (see test-artifacts/app-glb-viewer.png)"
+    assert splats_drawn is not None, "the splat viewer created no <canvas> (test-artifacts/app-generate.png)"
+    assert splats_drawn > 0.02, "the splat viewer drew nothing (see test-artifacts/app-splat-viewer.png)"
+
+
+def _wait_until_drawn(page, selector: str, artifact: Path, timeout_s: float = 45.0) -> float | None:
+    """Screenshots the first canvas matching ``selector`` until it shows a drawing (saved to ``artifact``);
+    returns the drawn share of the canvas, or None when no canvas appeared."""
+    canvas = page.locator(selector).first
+    drawn, deadline = None, time.time() + timeout_s
+    while time.time() < deadline:
+        if canvas.count():
+            drawn = _drawn_fraction(canvas.screenshot(path=str(artifact)))
+            if drawn > 0.02:
+                break
+        page.wait_for_timeout(1000)
+    return drawn
 
 
 def _drawn_fraction(png: bytes) -> float:
