@@ -128,7 +128,7 @@ def test_prompts_map_to_the_procedural_vocabulary(procedural_prior: ExemplarPrio
     match = procedural_prior.match_prompt
     assert match("a red cube") == "a red cube"
     assert match("A Red Cube, front view") == "a red cube"
-    assert match("a big orange ball") == "a orange sphere"
+    assert match("a big orange ball") == "an orange sphere"
     assert match("a crimson box, overhead view") == "a red cube"
     assert match("a pink doughnut") == "a pink torus"
     assert match("a cube").endswith("cube")  # object known, color free: nearest cube by MiniLM
