@@ -1,330 +1,61 @@
-"""The Gradio UI of sds3d: prompt in, live progress and previews, 3D viewers, downloads, earlier runs.
+"""The Gradio UI of sds3d: prompt or video in, live progress and previews, 3D viewers, downloads, old runs.
 
-Thin by design: every result comes from :func:`recon.pipelines.generate`; this module only builds
-configs from form values, runs the library in a worker thread (so that previews can be shown while it
-trains) and lays files out for Gradio. Gradio is imported inside :func:`build_app`, after the
-environment (temp folder, analytics) is set, so importing this module stays cheap.
+Thin by design: every result comes from :func:`recon.pipelines.generate` or
+:func:`recon.pipelines.video_recon.reconstruct`; :mod:`app.forms` turns form values into configs,
+:mod:`app.jobs` runs the library in a worker thread (so that previews can be shown while it trains) and
+lays files out, and this module only builds the Blocks. Gradio is imported inside :func:`build_app`, after
+the environment (temp folder, analytics) is set, so importing this module stays cheap.
 """
 
 from __future__ import annotations
 
-import contextvars
 import logging
 import os
 import threading
 import time
-import typing
-import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from app.forms import (
+    EMBEDDED_PRIORS,
+    EXAMPLE_PROMPTS,
+    PRIOR_CHOICES,
+    WARM,
+    check_prior_source,
+    check_prompt,
+    make_config,
+    make_video_config,
+    pipeline_choices,
+    warm_up,
+)
+from app.jobs import RunJob, list_runs, obj_zip, render_preview, run_caption, run_files
+
+__all__ = [
+    "EMBEDDED_PRIORS", "EXAMPLE_PROMPTS", "PRIOR_CHOICES", "WARM", "build_app", "check_prior_source",
+    "check_prompt", "configure_environment", "launch_app", "list_runs", "make_config", "make_video_config",
+    "obj_zip", "pipeline_choices", "render_preview", "run_caption", "run_files", "wait_forever", "warm_up",
+]  # fmt: skip
+
 log = logging.getLogger("sds3d.app")
 
-EXAMPLE_PROMPTS = ("a red cube", "a blue sphere", "a green cone", "a yellow torus", "a purple cylinder")
-"""Prompts the embedded prior knows (five shapes in eight colors)."""
-PRIOR_CHOICES = ("embedded", "embedded-exemplar", "embedded-unet")
-"""Offered in the prior box; a hub id or a local diffusers folder can be typed instead."""
-EMBEDDED_PRIORS = frozenset(PRIOR_CHOICES)
-MAX_GALLERY_RUNS = 60
-"""Earlier runs shown in the gallery (newest first)."""
 POLL_SECONDS = 0.5
 """How often the UI looks for a new checkpoint (preview) while a run trains."""
 
 
-def pipeline_choices() -> tuple[str, ...]:
-    """The pipeline presets, as the ``sds3d generate`` command declares them (no torch import)."""
-    from app.commands.generate import GenerateCommand
-
-    return typing.get_args(typing.get_type_hints(GenerateCommand)["pipeline"])
-
-
-# ---------------------------------------------------------------- form values -> library calls
-def make_config(
-    prompt: str,
-    prior: str = "embedded",
-    allow_download: bool = False,
-    steps: int = 300,
-    seed: int = 0,
-    guidance: float = 15.0,
-    views_per_step: int = 4,
-    preview_every: int = 100,
-) -> Any:
-    """A validated ``StableDreamerConfig`` from the form values.
-
-    Raises:
-        UserError: when a run could not start with these values (the message says the fix).
-    """
-    from dataclasses import replace
-
-    from recon.errors import UserError
-    from recon.pipelines.stabledreamer import StableDreamerConfig, validate
-
-    if steps is None or int(steps) != steps:
-        raise UserError(f"steps must be a whole number, got {steps!r}")
-    if preview_every is None or int(preview_every) <= 0:
-        raise UserError(f"'preview every' must be a positive number of steps, got {preview_every!r}")
-    base = StableDreamerConfig()
-    config = StableDreamerConfig(
-        prompt=(prompt or "").strip(), prior=(prior or "embedded").strip(),
-        allow_download=bool(allow_download),
-        steps=int(steps), seed=int(seed or 0), views_per_step=int(views_per_step),
-        sds=replace(base.sds, guidance_scale=float(guidance)), checkpoint_every=int(preview_every),
-        progress_bar=True,
-    )  # fmt: skip
-    validate(config)
-    if config.sds.guidance_scale <= 0:
-        raise UserError(f"guidance must be positive, got {guidance}")
-    return config
-
-
-def check_prior_source(prior: str, allowed_dirs: list[Path] | None) -> None:
-    """Refuses a local prior folder outside ``allowed_dirs`` (``None``: no restriction).
-
-    A server that listens beyond this machine must not let a visitor make it read (and unpickle)
-    any folder on disk: hub ids and embedded names pass, local paths must lie in an allowed folder.
-
-    Raises:
-        UserError: naming the allowed folders and the option that adds one.
-    """
-    from recon.errors import UserError
-
-    prior = (prior or "").strip()
-    if allowed_dirs is None or prior in EMBEDDED_PRIORS:
-        return
-    path = Path(prior).expanduser()
-    looks_local = path.is_absolute() or prior.startswith((".", "~")) or path.exists()
-    if not looks_local:
-        return  # a hub id such as "stabilityai/stable-diffusion-2-1-base"
-    resolved = path.resolve()
-    if not any(resolved == d or d in resolved.parents for d in allowed_dirs):
-        allowed = ", ".join(str(d) for d in allowed_dirs)
-        raise UserError(
-            f"local prior folder {prior!r} is outside the folders this server may read ({allowed}); "
-            "move it under one of them, or restart with `sds3d app --allow-prior-dir DIR`"
-        )
-
-
-def make_video_config(
-    video: str | None,
-    steps: int = 1500,
-    max_frames: int = 60,
-    resolution: int = 0,
-    seed: int = 0,
-    faces: int = 20_000,
-    texture_size: int = 512,
-) -> Any:
-    """A validated ``VideoReconConfig`` for an uploaded video from the form values.
-
-    Raises:
-        UserError: when a run could not start with these values (the message says the fix).
-    """
-    from recon.data.video import VIDEO_SUFFIXES
-    from recon.errors import UserError
-    from recon.pipelines.video_recon import reconstruct_config, validate
-
-    if not video or not Path(video).is_file():
-        raise UserError("upload a video first (drop a file on the video box)")
-    if Path(video).suffix.lower() not in VIDEO_SUFFIXES:
-        raise UserError(f"{Path(video).name!r} is not a video; upload one of {', '.join(VIDEO_SUFFIXES)}")
-    checks = (("steps", steps, 1), ("keyframes", max_frames, 3), ("resolution", resolution, 0))
-    for name, value, low in checks:
-        if value is None or int(value) != value or int(value) < low:
-            raise UserError(f"{name} must be a whole number >= {low}, got {value!r}")
-    config = reconstruct_config(max_frames=int(max_frames), steps=int(steps), resolution=int(resolution),
-                                seed=int(seed or 0))  # fmt: skip
-    config.faces, config.texture_size = int(faces), int(texture_size)
-    validate(config)
-    return config
-
-
-_READY_PRIORS: dict[str, Any] = {}
-"""Embedded priors loaded and used once (their text encoder is loaded too)."""
-_PRIOR_LOCK = threading.Lock()
-
-
-def check_prompt(config: Any, wait: bool = True) -> None:
-    """Checks the prompt against an embedded prior's vocabulary (cheap once the prior is loaded).
-
-    Args:
-        config: The run's config.
-        wait: Load the prior if it is not loaded yet (seconds); otherwise skip the check then.
-
-    Other priors (hub ids, folders) are checked by :func:`recon.pipelines.generate` itself, before it
-    creates a run folder; loading them here would double a large load.
-
-    Raises:
-        UserError: for a prompt the embedded prior does not know.
-    """
-    if config.prior not in EMBEDDED_PRIORS or config.color_prior != "same":
-        return
-    from recon.errors import UserError
-    from recon.pipelines import get_pipeline
-
-    spec = get_pipeline("stabledreamer")
-    priors = _READY_PRIORS.get(config.prior)
-    if priors is not None:
-        spec.check_prompt(config, priors)
-        return
-    if not wait:
-        return
-    with _PRIOR_LOCK:  # the first check also loads the text encoder (seconds)
-        priors = _READY_PRIORS.get(config.prior) or spec.load_priors(config)
-        try:
-            spec.check_prompt(config, priors)
-        except UserError:
-            _READY_PRIORS[config.prior] = priors
-            raise
-        _READY_PRIORS[config.prior] = priors
-
-
-WARM = threading.Event()
-"""Set once :func:`warm_up` has finished (successfully or not)."""
-
-
-def warm_up() -> None:
-    """Loads the embedded prior and its text encoder once, so that the first check is quick."""
-    try:
-        from recon.errors import UserError
-        from recon.pipelines.stabledreamer import StableDreamerConfig
-
-        check_prompt(StableDreamerConfig(prompt=EXAMPLE_PROMPTS[0]))
-        try:  # a prompt outside the vocabulary loads the sentence encoder used for near matches
-            check_prompt(StableDreamerConfig(prompt="a small thing"))
-        except UserError:
-            pass
-    finally:
-        WARM.set()
-
-
-# ---------------------------------------------------------------- runs on disk
-def list_runs(outputs: str | Path) -> list[Path]:
-    """Run folders under ``outputs/<pipeline>/`` that have a turntable image, newest first."""
-    root = Path(outputs)
-    if not root.is_dir():
-        return []
-    runs = [p.parent.parent for p in root.glob("*/*/renders/turntable.png")]
-    runs.sort(key=lambda p: (p / "renders" / "turntable.png").stat().st_mtime, reverse=True)
-    return runs[:MAX_GALLERY_RUNS]
-
-
-def run_caption(run_dir: Path) -> str:
-    """The prompt of a run (from its config.yaml), or its folder name."""
-    try:
-        from recon.runs import load_config
-
-        prompt = load_config(run_dir)[1].get("prompt")
-    except Exception:  # noqa: BLE001 - a broken config still gets a caption
-        prompt = None
-    return f"{prompt} ({run_dir.name[-15:]})" if prompt else run_dir.name
-
-
-def obj_zip(run_dir: Path) -> Path | None:
-    """``export/model-obj.zip`` with model.obj + model.mtl + texture.png (written once, atomically)."""
-    export = Path(run_dir) / "export"
-    parts = [export / n for n in ("model.obj", "model.mtl", "texture.png")]
-    if not all(p.is_file() for p in parts):
-        return None
-    target = export / "model-obj.zip"
-    if target.is_file() and target.stat().st_mtime >= max(p.stat().st_mtime for p in parts):
-        return target
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for p in parts:
-            zf.write(p, arcname=p.name)
-    os.replace(tmp, target)
-    return target
-
-
-def run_files(run_dir: Path) -> dict[str, Path | None]:
-    """What the result panel shows for a run: GLB, splats, turntable and the downloads."""
-    export = Path(run_dir) / "export"
-
-    def existing(p: Path) -> Path | None:
-        return p if p.is_file() else None
-
-    return {
-        "glb": existing(export / "model.glb"),
-        "splat": existing(export / "model.splat") or existing(export / "splats.ply"),
-        "ply": existing(export / "splats.ply"),
-        "zip": obj_zip(run_dir),
-        "turntable": existing(Path(run_dir) / "renders" / "turntable.png"),
-    }
-
-
-def render_preview(run_dir: Path) -> Path | None:
-    """A turntable strip of the run's last checkpoint (``renders/preview.png``)."""
-    from recon.pipelines import save_turntable
-    from recon.runs import load_model
-
-    try:
-        model = load_model(run_dir)
-    except Exception:  # noqa: BLE001 - a checkpoint mid-write or gone: no preview this time
-        return None
-    return save_turntable(model, Path(run_dir) / "renders" / "preview.png")
-
-
-class RunJob:
-    """One library run (:func:`recon.pipelines.generate`, :func:`recon.pipelines.video_recon.reconstruct`)
-    in a worker thread, followed and stopped through :class:`recon.train.Hooks`.
-
-    The worker inherits the caller's context variables, so Gradio's ``track_tqdm`` sees its bars.
-    A cancel asks the trainer to stop after its current step; it writes a checkpoint first, so a
-    cancelled text-to-3D run can be resumed (``sds3d generate --resume RUN_DIR``).
-    """
-
-    def __init__(self, target: Callable[[Any], Path]):
-        """``target(hooks)`` runs the library call with these hooks and returns the run folder."""
-        self.target = target
-        self.result: Path | None = None
-        self.error: BaseException | None = None
-        self.stopped: Any = None  # the recon.train.Stopped of a cancelled run
-        self.run_dir: Path | None = None
-        self.checkpoints = 0
-        self.step = 0
-        self.done = threading.Event()
-        self._stop = threading.Event()
-        context = contextvars.copy_context()
-        self.thread = threading.Thread(target=context.run, args=(self._work,), daemon=True, name="sds3d-run")
-
-    def _on_run_dir(self, path: Path) -> None:
-        self.run_dir = Path(path)
-
-    def _on_checkpoint(self, path: Path, step: int) -> None:
-        self.checkpoints += 1
-        self.step = step
-
-    def start(self) -> RunJob:
-        self.thread.start()
-        return self
-
-    def _work(self) -> None:
-        from recon.train import Hooks, Stopped
-
-        hooks = Hooks(self._on_run_dir, self._on_checkpoint, should_stop=self._stop.is_set)
-        try:
-            self.result = self.target(hooks)
-        except Stopped as stop:
-            self.stopped = stop
-        except Exception as err:  # noqa: BLE001 - handed to the UI thread, which reports it
-            self.error = err
-        finally:
-            self.done.set()
-
-    def cancel(self, timeout: float = 120.0) -> bool:
-        """Asks the run to stop after its current step and waits for the worker; True when it ended.
-
-        A run still loading its prior stops at its first step; one already exporting finishes.
-        """
-        self._stop.set()
-        return self.done.wait(timeout)
-
-
 # ---------------------------------------------------------------- the Blocks app
+_USER_GRADIO_TEMP_DIR = os.environ.get("GRADIO_TEMP_DIR")
+"""A ``GRADIO_TEMP_DIR`` the user set before sds3d started wins over the outputs folder's."""
+
+
 def configure_environment(outputs: str | Path) -> None:
-    """Before Gradio is imported: no analytics, Gradio's temp files inside the outputs folder."""
+    """Before Gradio builds an app: no analytics, Gradio's temp files inside this app's outputs folder.
+
+    Set again for every app (Gradio reads the variable when it builds components and routes), so a
+    second app in the same process keeps its files in its own outputs folder.
+    """
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
-    os.environ.setdefault("GRADIO_TEMP_DIR", str(Path(outputs).resolve() / ".gradio"))
+    os.environ["GRADIO_TEMP_DIR"] = _USER_GRADIO_TEMP_DIR or str(Path(outputs).resolve() / ".gradio")
 
 
 def build_app(
