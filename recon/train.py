@@ -133,7 +133,7 @@ class Hooks:
     """Polled after every step; when it returns True the run checkpoints and raises :class:`Stopped`."""
 
 
-class Stopped(Exception):
+class Stopped(Exception):  # noqa: N818 - a requested stop, not an error
     """A run stopped on request (:attr:`Hooks.should_stop`); resume it from ``run_dir``."""
 
     def __init__(self, run_dir: Path, step: int):
