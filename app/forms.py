@@ -13,7 +13,7 @@ from typing import Any
 
 EXAMPLE_PROMPTS = ("a red cube", "a blue sphere", "a green cone", "a yellow torus", "a purple cylinder")
 """Prompts the embedded prior knows (five shapes in eight colors)."""
-PRIOR_CHOICES = ("embedded", "embedded-exemplar", "embedded-unet")
+PRIOR_CHOICES = ("embedded", "embedded-exemplar", "embedded-unet", "embedded-unet-latent")
 """Offered in the prior box; a hub id or a local diffusers folder can be typed instead."""
 EMBEDDED_PRIORS = frozenset(PRIOR_CHOICES)
 

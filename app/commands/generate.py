@@ -18,8 +18,9 @@ class GenerateCommand:
     pipeline: Literal["stabledreamer"] = "stabledreamer"
     """The method."""
     prior: str = "embedded"
-    """Diffusion prior: embedded (no download, CPU-friendly), embedded-exemplar, embedded-unet, a hub
-    id (e.g. stabilityai/stable-diffusion-2-1-base) or a local diffusers folder."""
+    """Diffusion prior: embedded (no download, CPU-friendly), embedded-exemplar, embedded-unet,
+    embedded-unet-latent, a hub id (e.g. stabilityai/stable-diffusion-2-1-base) or a local diffusers
+    folder."""
     color_prior: str = "same"
     """Prior of the color stage: same, a hub id or a local folder."""
     allow_download: bool = False

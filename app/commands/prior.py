@@ -61,7 +61,8 @@ class PriorSample:
     prompt: Annotated[str, tyro.conf.Positional]
     """What to draw, e.g. "a red cube" (view words such as ", front view" may be appended)."""
     prior: str = "embedded"
-    """Diffusion prior: embedded, embedded-exemplar, embedded-unet, a hub id or a local diffusers folder."""
+    """Diffusion prior: embedded, embedded-exemplar, embedded-unet, embedded-unet-latent, a hub id or a
+    local diffusers folder."""
     n: int = 8
     """Number of images."""
     steps: int = 50
@@ -110,7 +111,8 @@ class PriorInfo:
     """Describe a prior: kind, resolution, prediction type, vocabulary (embedded priors)."""
 
     prior: str = "embedded"
-    """Diffusion prior: embedded, embedded-exemplar, embedded-unet, a hub id or a local diffusers folder."""
+    """Diffusion prior: embedded, embedded-exemplar, embedded-unet, embedded-unet-latent, a hub id or a
+    local diffusers folder."""
     allow_download: bool = False
     """Allow downloading hub checkpoints (off: only what is cached locally)."""
     device: str = "cpu"
