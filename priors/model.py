@@ -361,6 +361,10 @@ class DiffusionPrior:
             pass_attention_mask=bool(index.get("_sds3d_encoder_attention_mask", False)),
         )
         prior.to(device)
+        if prior.device.type == "cpu":
+            # oneDNN's convolutions skip a layout reorder per call in channels-last: the small
+            # embedded UNet's guided step took 24% less time (bench/sds_step.py's case, 2 threads).
+            prior.unet.to(memory_format=torch.channels_last)
         if attention_slicing:
             prior.unet.set_attention_slice("auto")
         return prior
