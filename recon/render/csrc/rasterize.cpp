@@ -33,24 +33,24 @@ constexpr int kBlock = 8;              // pixels per SIMD block (one AVX2 regist
 // which are inert (done / zero gradient). Lanes past the span's end are masked.
 constexpr int kStride = kTile + kBlock;
 constexpr int kPix = kTile * kStride;  // entries of tile-local state
+constexpr int kPrefetch = 4;           // Gaussians of a tile's list fetched ahead of use
 
-// exp(x) for x <= 0 inside `omp simd` loops: Cephes' expf (range reduction by ln 2, degree-5
-// polynomial, relative error ~2e-7), inlined so the loop stays in registers instead of calling
-// libmvec. Below -87 it returns ~0 (denormals are flushed), which every caller treats as invisible.
+// exp(x) for x <= 0 inside `omp simd` loops: 2^t with t = x log2(e) split into an integer n (added
+// to the exponent bits) and f in [-0.5, 0.5], where 2^f is a degree-5 polynomial (relative error
+// 7.5e-8 on its range; ~4e-7 overall from rounding t), inlined so the loop stays in registers
+// instead of calling libmvec. Below -87 it returns ~0 (denormals are flushed), which every caller
+// treats as invisible.
 inline float exp_neg(float x) {
-    x = std::max(x, -87.0f);
-    const float n = std::nearbyint(x * 1.44269504088896341f);
-    float r = x - n * 0.693359375f;
-    r = r + n * 2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    const float e = p * r * r + r + 1.0f;
+    const float t = std::max(x, -87.0f) * 1.44269504088896341f;  // exp(x) = 2^t = 2^n 2^f
+    const float n = std::nearbyint(t), f = t - n;                  // f in [-0.5, 0.5]
+    float p = 1.3276446843519807e-3f;  // near-minimax degree-5 fit of 2^f, relative error 7.5e-8
+    p = p * f + 9.675540961325169e-3f;
+    p = p * f + 5.550713464617729e-2f;
+    p = p * f + 2.4022120237350464e-1f;
+    p = p * f + 6.931469440460205e-1f;
+    p = p * f + 1.0000001192092896f;
     int32_t bits;
-    std::memcpy(&bits, &e, sizeof(bits));
+    std::memcpy(&bits, &p, sizeof(bits));
     bits += static_cast<int32_t>(n) << 23;
     float out;
     std::memcpy(&out, &bits, sizeof(out));
@@ -97,6 +97,26 @@ struct RowSpans {
         lo = std::max(x0, static_cast<int>(std::ceil(mid - root - 0.01f)));
         hi = std::min(x1, static_cast<int>(std::floor(mid + root + 0.01f)));
         return lo <= hi;
+    }
+    // The spans of R consecutive tile rows y0 .. y0 + R - 1 at once (SIMD over rows); an empty row
+    // gets lo > hi. dy0 = my - (ty0 + y0 + 0.5) is the first row's offset.
+    template <int R>
+    inline void rows(float dy0, float mx, int tx0, int x0, int x1, int32_t* lo, int32_t* hi) const {
+#pragma omp simd
+        for (int j = 0; j < R; ++j) {
+            const float dy = dy0 - j;
+            const float disc = k2 * dy * dy + k3;
+            const float root = std::sqrt(std::max(disc, 0.0f)), mid = mx - k1 * dy - 0.5f - tx0;
+            lo[j] = std::max(x0, static_cast<int32_t>(std::ceil(mid - root - 0.01f)));
+            const int32_t h = std::min(x1, static_cast<int32_t>(std::floor(mid + root + 0.01f)));
+            hi[j] = disc < 0.0f ? -1 : h;
+        }
+    }
+    // Row spans of the tile rows r.y0 .. r.y1 into lo/hi[0 ..].
+    inline void tile_rows(float my, float mx, int tx0, int ty0, const PixelRect& r, int32_t* lo, int32_t* hi) const {
+        const float dy0 = my - (ty0 + r.y0 + 0.5f);
+        if (r.y1 - r.y0 < 8) rows<8>(dy0, mx, tx0, r.x0, r.x1, lo, hi);
+        else rows<16>(dy0, mx, tx0, r.x0, r.x1, lo, hi);
     }
 };
 
@@ -448,6 +468,11 @@ std::vector<torch::Tensor> rasterize_forward(const torch::Tensor& means2d,    //
             std::fill(acc.begin(), acc.end(), 0.0f);
             const int64_t start = offs[t], end = offs[t + 1];
             for (int64_t k = start; k < end && n_done < kPix; ++k) {
+                if (k + kPrefetch < end) {  // the list is in depth order, i.e. at random addresses
+                    const int64_t ga = c * N + ids[k + kPrefetch];
+                    __builtin_prefetch(&pk[ga]);
+                    __builtin_prefetch(col + ga * D);
+                }
                 const int64_t g = c * N + ids[k];
                 const PackedGaussian& P = pk[g];
                 const float mx = P.mx, my = P.my, ca = P.ca, cb = P.cb, cc = P.cc, op = P.op;
@@ -455,10 +480,11 @@ std::vector<torch::Tensor> rasterize_forward(const torch::Tensor& means2d,    //
                 const RowSpans& spans = P.spans;
                 const float* cg = col + g * D;
                 const int32_t kk = static_cast<int32_t>(k - start + 1);
+                alignas(64) int32_t row_lo[kTile], row_hi[kTile];
+                if (r.y0 <= r.y1) spans.tile_rows(my, mx, tx0, ty0, r, row_lo, row_hi);
                 for (int y = r.y0; y <= r.y1; ++y) {
                     const float dy = my - (ty0 + y + 0.5f);
-                    int lo, hi;
-                    if (!spans.span(dy, mx, tx0, r.x0, r.x1, lo, hi)) continue;
+                    const int lo = row_lo[y - r.y0], hi = row_hi[y - r.y0];
                     for (int x = lo; x <= hi; x += kBlock) {
                         const int p0 = y * kStride + x, nl = hi - x + 1;
                         int all_done = 1;
@@ -562,6 +588,11 @@ std::vector<torch::Tensor> rasterize_backward(const torch::Tensor& means2d,     
             std::fill(slots.get() + (start + max_last) * S, slots.get() + offs[t + 1] * S, 0.0f);
             for (int64_t k = start + max_last - 1; k >= start; --k) {
                 const int32_t kk = static_cast<int32_t>(k - start);  // pixels with last > kk saw this one
+                if (k - kPrefetch >= start) {
+                    const int64_t ga = c * N + ids[k - kPrefetch];
+                    __builtin_prefetch(&pk[ga]);
+                    __builtin_prefetch(col + ga * D);
+                }
                 const int64_t g = c * N + ids[k];
                 const PackedGaussian& P = pk[g];
                 const float mx = P.mx, my = P.my, ca = P.ca, cb = P.cb, cc = P.cc, op = P.op;
@@ -570,11 +601,12 @@ std::vector<torch::Tensor> rasterize_backward(const torch::Tensor& means2d,     
                 const float* cg = col + g * D;
                 gg.clear();
                 std::fill(gcol.begin(), gcol.end(), 0.0f);
+                alignas(64) int32_t row_lo[kTile], row_hi[kTile];
+                if (r.y0 <= r.y1) spans.tile_rows(my, mx, tx0, ty0, r, row_lo, row_hi);
                 for (int y = r.y0; y <= r.y1; ++y) {
                     if (kk >= row_last[y]) continue;  // every pixel of this row stopped in front
                     const float dy = my - (ty0 + y + 0.5f);
-                    int lo, hi;
-                    if (!spans.span(dy, mx, tx0, r.x0, r.x1, lo, hi)) continue;
+                    const int lo = row_lo[y - r.y0], hi = row_hi[y - r.y0];
                     for (int x = lo; x <= hi; x += kBlock) {
                         const int p0 = y * kStride + x, nl = hi - x + 1;
                         const float fx0 = mx - (tx0 + x + 0.5f);
