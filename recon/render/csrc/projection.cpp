@@ -69,14 +69,16 @@ struct Projected {
     bool u_free, v_free, valid;
 };
 
-inline Projected project_one(const Camera& cam, const float* m, const float* q, const float* s, float near_plane,
+// Always inlined: the forward's `omp simd` loop only vectorizes with the body in view.
+__attribute__((always_inline)) inline Projected project_one(const Camera& cam, const float* m, const float* q,
+                                                            const float* s, float near_plane,
                              float far_plane, float eps2d) {
+    // Branch-free (SIMD over Gaussians): every lane computes everything; `valid` says whether it counts.
     Projected P;
-    P.valid = false;
     for (int i = 0; i < 3; ++i)
         P.p[i] = cam.W[i][0] * m[0] + cam.W[i][1] * m[1] + cam.W[i][2] * m[2] + cam.t[i];
-    P.z = P.p[2];
-    if (!(P.z > near_plane && P.z < far_plane)) return P;
+    const bool in_range = P.p[2] > near_plane && P.p[2] < far_plane;
+    P.z = in_range ? P.p[2] : 1.0f;  // a safe divisor; P.p[2] keeps the depth
     P.qnorm = std::sqrt(q[0] * q[0] + q[1] * q[1] + q[2] * q[2] + q[3] * q[3]);
     const float inv_norm = 1.0f / std::max(P.qnorm, 1e-12f);
     for (int i = 0; i < 4; ++i) P.qn[i] = q[i] * inv_norm;
@@ -102,7 +104,7 @@ inline Projected project_one(const Camera& cam, const float* m, const float* q, 
     P.b = P.A0[0] * P.A1[0] + P.A0[1] * P.A1[1] + P.A0[2] * P.A1[2];
     P.c = P.A1[0] * P.A1[0] + P.A1[1] * P.A1[1] + P.A1[2] * P.A1[2] + eps2d;
     P.det = P.a * P.c - P.b * P.b;
-    P.valid = P.det > 0.f;
+    P.valid = in_range & (P.det > 0.f);
     return P;
 }
 
@@ -126,28 +128,37 @@ std::vector<torch::Tensor> project_forward(const torch::Tensor& means, const tor
     for (int64_t ci = 0; ci < C; ++ci) {
         const Camera cam = load_camera(viewmats.data_ptr<float>() + 16 * ci, Ks.data_ptr<float>() + 9 * ci,
                                        static_cast<int>(width), static_cast<int>(height));
+        const float clip = static_cast<float>(radius_clip), fw = static_cast<float>(width),
+                    fh = static_cast<float>(height);
+        // SIMD over Gaussians (8 per AVX2 register): no branches, selects decide what is written.
+        // Threads take fixed chunks, so which Gaussians go through the vector loop or its scalar
+        // remainder (rounded slightly differently) does not depend on the number of threads.
+        constexpr int64_t kChunk = 64;
 #pragma omp parallel for schedule(static)
-        for (int64_t n = 0; n < N; ++n) {
-            const int64_t g = ci * N + n;
-            const Projected P = project_one(cam, m + 3 * n, q + 4 * n, s + 3 * n, static_cast<float>(near_plane),
-                                            static_cast<float>(far_plane), static_cast<float>(eps2d));
-            de[g] = P.p[2];
-            if (!P.valid) continue;
-            const float inv_det = 1.0f / P.det;
-            co[3 * g] = P.c * inv_det;
-            co[3 * g + 1] = -P.b * inv_det;
-            co[3 * g + 2] = P.a * inv_det;
-            const float mx = cam.fx * P.u + cam.cx, my = cam.fy * P.v + cam.cy;
-            m2[2 * g] = mx;
-            m2[2 * g + 1] = my;
-            const float op = o[n];
-            if (op < kAlphaThreshold) continue;
-            const float extend = std::min(3.33f, std::sqrt(2.0f * std::log(op / kAlphaThreshold)));
-            const float rx = std::ceil(extend * std::sqrt(P.a)), ry = std::ceil(extend * std::sqrt(P.c));
-            if (rx <= radius_clip && ry <= radius_clip) continue;
-            if (mx + rx <= 0 || mx - rx >= width || my + ry <= 0 || my - ry >= height) continue;
-            ra[2 * g] = static_cast<int32_t>(rx);
-            ra[2 * g + 1] = static_cast<int32_t>(ry);
+        for (int64_t chunk = 0; chunk < (N + kChunk - 1) / kChunk; ++chunk) {
+#pragma omp simd
+            for (int64_t n = chunk * kChunk; n < std::min(N, (chunk + 1) * kChunk); ++n) {
+                const int64_t g = ci * N + n;
+                const Projected P = project_one(cam, m + 3 * n, q + 4 * n, s + 3 * n, static_cast<float>(near_plane),
+                                                static_cast<float>(far_plane), static_cast<float>(eps2d));
+                de[g] = P.p[2];
+                const bool ok = P.valid;
+                const float inv_det = 1.0f / P.det;
+                co[3 * g] = ok ? P.c * inv_det : 0.0f;
+                co[3 * g + 1] = ok ? -P.b * inv_det : 0.0f;
+                co[3 * g + 2] = ok ? P.a * inv_det : 0.0f;
+                const float mx = cam.fx * P.u + cam.cx, my = cam.fy * P.v + cam.cy;
+                m2[2 * g] = ok ? mx : 0.0f;
+                m2[2 * g + 1] = ok ? my : 0.0f;
+                const float op = o[n];
+                const float extend =
+                    std::min(3.33f, std::sqrt(2.0f * std::log(std::max(op / kAlphaThreshold, 1.0f))));
+                const float rx = std::ceil(extend * std::sqrt(P.a)), ry = std::ceil(extend * std::sqrt(P.c));
+                const bool shown = ok & (op >= kAlphaThreshold) & ((rx > clip) | (ry > clip)) & (mx + rx > 0.0f) &
+                                   (mx - rx < fw) & (my + ry > 0.0f) & (my - ry < fh);
+                ra[2 * g] = shown ? static_cast<int32_t>(rx) : 0;
+                ra[2 * g + 1] = shown ? static_cast<int32_t>(ry) : 0;
+            }
         }
     }
     return {means2d, conics, depths, radii};
