@@ -260,7 +260,10 @@ inline int forward_block(int p0, int n_lanes, float fx0, float dy, float ca, flo
 
 // Per-lane gradient sums of one Gaussian over the pixels of a tile; reduced across lanes once.
 struct GaussianGrad {
-    alignas(32) float lane[10][kBlock];  // mx, my, a, b, c, opacity, color 0..3
+    // backward_block: moments sum(v_sigma dx), sum(v_sigma dy), sum(v_sigma dx^2), sum(v_sigma dx dy),
+    // sum(v_sigma dy^2) (the mean and conic gradients are linear in them), opacity, color 0..3;
+    // backward_block_any: mx, my, a, b, c, opacity in lane 0 of each row.
+    alignas(32) float lane[10][kBlock];
     void clear() { std::fill(&lane[0][0], &lane[0][0] + 10 * kBlock, 0.0f); }
     float sum(int j) const {
         float s = 0.0f;
@@ -299,11 +302,12 @@ inline void backward_block(int p0, int n_lanes, float fx0, float dy, float ca, f
         const bool unclamped = active & (op * vis < kMaxAlpha);
         v_alpha = unclamped ? v_alpha : 0.0f;
         const float v_sigma = -op * vis * v_alpha;
-        L[0 * kBlock + i] += v_sigma * (ca * dx + cb * dy);
-        L[1 * kBlock + i] += v_sigma * (cb * dx + cc * dy);
-        L[2 * kBlock + i] += v_sigma * 0.5f * dx * dx;
-        L[3 * kBlock + i] += v_sigma * dx * dy;
-        L[4 * kBlock + i] += v_sigma * 0.5f * dy * dy;
+        const float vx = v_sigma * dx, vy = v_sigma * dy;  // moments of v_sigma (see GaussianGrad)
+        L[0 * kBlock + i] += vx;
+        L[1 * kBlock + i] += vy;
+        L[2 * kBlock + i] += vx * dx;
+        L[3 * kBlock + i] += vx * dy;
+        L[4 * kBlock + i] += vy * dy;
         L[5 * kBlock + i] += vis * v_alpha;
     }
 }
@@ -622,7 +626,17 @@ std::vector<torch::Tensor> rasterize_backward(const torch::Tensor& means2d,     
                     }
                 }
                 float* slot = slots.get() + k * S;
-                for (int j = 0; j < 6; ++j) slot[j] = gg.sum(j);
+                if (D <= 4) {  // lanes 0-4 hold moments: sums of v_sigma dx, v_sigma dy, v_sigma dx^2, ..dx dy, ..dy^2
+                    const float sx = gg.sum(0), sy = gg.sum(1);
+                    slot[0] = ca * sx + cb * sy;
+                    slot[1] = cb * sx + cc * sy;
+                    slot[2] = 0.5f * gg.sum(2);
+                    slot[3] = gg.sum(3);
+                    slot[4] = 0.5f * gg.sum(4);
+                    slot[5] = gg.sum(5);
+                } else {
+                    for (int j = 0; j < 6; ++j) slot[j] = gg.sum(j);
+                }
                 for (int64_t d = 0; d < D; ++d) slot[6 + d] = D <= 4 ? gg.sum(6 + static_cast<int>(d)) : gcol[d];
             }
         }
