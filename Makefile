@@ -8,9 +8,9 @@ TORCH_CPU ?= torch==2.13.0
 # open3d-cpu links libGL / libX11 / libgomp; the browser test drives Debian's chromium with
 # Playwright's Python client (never a downloaded browser).
 APT_PACKAGES ?= libgl1 libx11-6 libgomp1 chromium
-# torch / open3d OpenMP workers spin-wait by default; on a shared 2-core machine that makes small ops
-# 10-20x slower. Passive waiting costs nothing measurable when the machine is idle.
-export OMP_WAIT_POLICY ?= PASSIVE
+# The tests run next to their own subprocesses (CLI, UI server, browser): OpenMP workers wait
+# passively there. `sds3d` itself picks the wait policy from the machine's load (app/openmp.py).
+TEST_WAIT_POLICY ?= PASSIVE
 
 .PHONY: install system-deps test lint demo bench clean
 
@@ -38,7 +38,7 @@ system-deps:
 	fi
 
 test: install
-	$(BIN)/python -m pytest -q
+	OMP_WAIT_POLICY=$(TEST_WAIT_POLICY) $(BIN)/python -m pytest -q
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -9,9 +9,11 @@ from __future__ import annotations
 import os
 import sys
 
-# Before torch loads its OpenMP runtime: idle workers sleep instead of spinning, which keeps a
-# shared laptop CPU responsive and avoids 10-20x slowdowns when other processes hold a core.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from app.openmp import openmp_env
+
+# Before torch loads its OpenMP runtime: passive waiting when other work holds the CPUs (see
+# app/openmp.py), libgomp's faster default otherwise.
+os.environ.update(openmp_env())
 from typing import Annotated, Union
 
 import tyro

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import resource
 import statistics
 import time
@@ -108,6 +109,7 @@ def main() -> None:
         result["cpu_ms_fwd_bwd_1000k_512"] = round(r["fwd_bwd_ms"], 1)
         result["peak_rss_gb"] = round(peak_gb, 2)
     result["threads"] = torch.get_num_threads()
+    result["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY", "default")  # see app/openmp.py
     print(json.dumps(result))
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 
@@ -63,6 +64,7 @@ def main() -> None:
     result["sds_ms"] = max(v for k, v in result.items() if k.endswith("_ms"))
     result["batch"] = args.batch
     result["threads"] = torch.get_num_threads()
+    result["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY", "default")  # see app/openmp.py
     print(json.dumps(result))
 
 
