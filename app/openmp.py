@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 
 def openmp_wait_policy(load_average: float, n_cpus: int) -> str | None:
@@ -17,7 +18,7 @@ def openmp_wait_policy(load_average: float, n_cpus: int) -> str | None:
     return "PASSIVE" if load_average >= 0.5 * max(1, n_cpus) else None
 
 
-def openmp_env(environ: os._Environ | dict = os.environ) -> dict[str, str]:
+def openmp_env(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
     """Variables to add to the environment: none when the user set ``OMP_WAIT_POLICY`` themselves."""
     if "OMP_WAIT_POLICY" in environ:
         return {}

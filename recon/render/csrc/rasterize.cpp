@@ -89,17 +89,8 @@ struct RowSpans {
         const float L = std::log(255.0f * opacity) * 1.001f + 1e-3f;
         return {-cb / ca, (cb * cb - ca * cc) / (ca * ca), 2.0f * L / ca};
     }
-    // Tile-local pixel range [lo, hi] of the row, clipped to [x0, x1]; false when empty.
-    inline bool span(float dy, float mx, int tx0, int x0, int x1, int& lo, int& hi) const {
-        const float disc = k2 * dy * dy + k3;
-        if (disc < 0.f) return false;
-        const float root = std::sqrt(disc), mid = mx - k1 * dy - 0.5f - tx0;
-        lo = std::max(x0, static_cast<int>(std::ceil(mid - root - 0.01f)));
-        hi = std::min(x1, static_cast<int>(std::floor(mid + root + 0.01f)));
-        return lo <= hi;
-    }
-    // The spans of R consecutive tile rows y0 .. y0 + R - 1 at once (SIMD over rows); an empty row
-    // gets lo > hi. dy0 = my - (ty0 + y0 + 0.5) is the first row's offset.
+    // Tile-local pixel ranges [lo, hi] of R consecutive tile rows y0 .. y0 + R - 1 at once (SIMD
+    // over rows), clipped to [x0, x1]; an empty row gets lo > hi. dy0 = my - (ty0 + y0 + 0.5).
     template <int R>
     inline void rows(float dy0, float mx, int tx0, int x0, int x1, int32_t* lo, int32_t* hi) const {
 #pragma omp simd
