@@ -102,8 +102,9 @@ class _ProjectCPU(torch.autograd.Function):
         v_means, v_quats, v_scales, v_viewmats = load_cpu_extension().project_backward(
             means, quats, scales, viewmats, Ks, radii, width, height, near, far, eps2d,
             grad(v_means2d, radii.float()), grad(v_conics, torch.empty(*radii.shape[:2], 3)),
-            grad(v_depths, radii[..., 0].float()),
+            grad(v_depths, radii[..., 0].float()), ctx.needs_input_grad[4],
         )  # fmt: skip
+        v_viewmats = v_viewmats if ctx.needs_input_grad[4] else None  # zeros, not computed
         return v_means, v_quats, v_scales, None, v_viewmats, None, None, None, None, None, None, None
 
 

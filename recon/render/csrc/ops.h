@@ -39,4 +39,4 @@ std::vector<torch::Tensor> project_backward(const torch::Tensor& means, const to
                                             const torch::Tensor& Ks, const torch::Tensor& radii, int64_t width,
                                             int64_t height, double near_plane, double far_plane, double eps2d,
                                             const torch::Tensor& v_means2d, const torch::Tensor& v_conics,
-                                            const torch::Tensor& v_depths);
+                                            const torch::Tensor& v_depths, bool camera_grad);

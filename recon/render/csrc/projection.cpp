@@ -38,8 +38,7 @@ Camera load_camera(const float* viewmat, const float* K, int width, int height) 
 }
 
 // Rotation matrix of a unit quaternion (w, x, y, z), row-major.
-inline void quat_to_rotmat(const float q[4], float R[3][3]) {
-    const float w = q[0], x = q[1], y = q[2], z = q[3];
+__attribute__((always_inline)) inline void quat_to_rotmat(float w, float x, float y, float z, float R[3][3]) {
     R[0][0] = 1 - 2 * (y * y + z * z);
     R[0][1] = 2 * (x * y - w * z);
     R[0][2] = 2 * (x * z + w * y);
@@ -52,8 +51,8 @@ inline void quat_to_rotmat(const float q[4], float R[3][3]) {
 }
 
 // Gradient of the rotation matrix entries -> gradient of the unit quaternion.
-inline void rotmat_grad_to_quat(const float q[4], const float G[3][3], float gq[4]) {
-    const float w = q[0], x = q[1], y = q[2], z = q[3];
+__attribute__((always_inline)) inline void rotmat_grad_to_quat(float w, float x, float y, float z, const float G[3][3],
+                                                               float gq[4]) {
     gq[0] = 2 * (-z * G[0][1] + y * G[0][2] + z * G[1][0] - x * G[1][2] - y * G[2][0] + x * G[2][1]);
     gq[1] = 2 * (y * G[0][1] + z * G[0][2] + y * G[1][0] - 2 * x * G[1][1] - w * G[1][2] + z * G[2][0] +
                  w * G[2][1] - 2 * x * G[2][2]);
@@ -82,7 +81,7 @@ __attribute__((always_inline)) inline Projected project_one(const Camera& cam, c
     P.qnorm = std::sqrt(q[0] * q[0] + q[1] * q[1] + q[2] * q[2] + q[3] * q[3]);
     const float inv_norm = 1.0f / std::max(P.qnorm, 1e-12f);
     for (int i = 0; i < 4; ++i) P.qn[i] = q[i] * inv_norm;
-    quat_to_rotmat(P.qn, P.R);
+    quat_to_rotmat(P.qn[0], P.qn[1], P.qn[2], P.qn[3], P.R);
     for (int i = 0; i < 3; ++i)
         for (int k = 0; k < 3; ++k) P.RS[i][k] = P.R[i][k] * s[k];
     P.u = P.p[0] / P.z;
@@ -164,13 +163,16 @@ std::vector<torch::Tensor> project_forward(const torch::Tensor& means, const tor
     return {means2d, conics, depths, radii};
 }
 
-// Returns {v_means [N,3], v_quats [N,4], v_scales [N,3], v_viewmats [C,4,4]}.
+// Returns {v_means [N,3], v_quats [N,4], v_scales [N,3], v_viewmats [C,4,4]} (v_viewmats stays zero
+// unless camera_grad). SIMD over Gaussians like the forward: every lane computes everything and
+// hidden Gaussians are masked to zero. The camera's gradient is summed per fixed chunk of Gaussians,
+// then over chunks in order, so it does not depend on the number of threads.
 std::vector<torch::Tensor> project_backward(const torch::Tensor& means, const torch::Tensor& quats,
                                             const torch::Tensor& scales, const torch::Tensor& viewmats,
                                             const torch::Tensor& Ks, const torch::Tensor& radii, int64_t width,
                                             int64_t height, double near_plane, double far_plane, double eps2d,
                                             const torch::Tensor& v_means2d, const torch::Tensor& v_conics,
-                                            const torch::Tensor& v_depths) {
+                                            const torch::Tensor& v_depths, bool camera_grad) {
     const int64_t N = means.size(0), C = viewmats.size(0);
     auto f32 = torch::TensorOptions().dtype(torch::kFloat32);
     torch::Tensor v_means = torch::zeros({N, 3}, f32), v_quats = torch::zeros({N, 4}, f32);
@@ -181,95 +183,106 @@ std::vector<torch::Tensor> project_backward(const torch::Tensor& means, const to
     const float* vde = v_depths.data_ptr<float>();
     float *gm = v_means.data_ptr<float>(), *gq = v_quats.data_ptr<float>(), *gs = v_scales.data_ptr<float>();
     float* gv = v_viewmats.data_ptr<float>();
+    constexpr int64_t kChunk = 64;
+    const int64_t n_chunks = (N + kChunk - 1) / kChunk;
+    // Per chunk: the camera gradient's 12 entries (rows of [gW | gt]).
+    std::vector<float> partial(camera_grad ? 12 * n_chunks : 0);
+    const float near_f = static_cast<float>(near_plane), far_f = static_cast<float>(far_plane),
+                eps_f = static_cast<float>(eps2d);
     for (int64_t ci = 0; ci < C; ++ci) {
         const Camera cam = load_camera(viewmats.data_ptr<float>() + 16 * ci, Ks.data_ptr<float>() + 9 * ci,
                                        static_cast<int>(width), static_cast<int>(height));
-        std::vector<float> shares;  // per-thread camera gradients, summed in thread order (deterministic)
-#pragma omp parallel
-        {
-            float gW[3][3] = {{0}}, gt[3] = {0};  // this thread's share of the camera's gradient
-#pragma omp single
-            shares.assign(12 * omp_get_num_threads(), 0.0f);
-#pragma omp for schedule(static)
-            for (int64_t n = 0; n < N; ++n) {
-                const int64_t g = ci * N + n;
-                float gp[3] = {0, 0, 0};  // gradient of the camera-space center
-                gp[2] = vde[g];
-                const bool visible = ra[2 * g] > 0 && ra[2 * g + 1] > 0;
-                if (visible) {
-                    const Projected P = project_one(cam, m + 3 * n, q + 4 * n, s + 3 * n,
-                                                    static_cast<float>(near_plane), static_cast<float>(far_plane),
-                                                    static_cast<float>(eps2d));
-                    // conic = (c, -b, a) / det
-                    const float v0 = vco[3 * g], v1 = vco[3 * g + 1], v2 = vco[3 * g + 2];
-                    const float id = 1.0f / P.det, id2 = id * id;
-                    const float ga = v0 * (-P.c * P.c * id2) + v1 * (P.b * P.c * id2) + v2 * (id - P.a * P.c * id2);
-                    const float gb = v0 * (2 * P.b * P.c * id2) + v1 * (-id - 2 * P.b * P.b * id2) +
-                                     v2 * (2 * P.a * P.b * id2);
-                    const float gc = v0 * (id - P.a * P.c * id2) + v1 * (P.a * P.b * id2) + v2 * (-P.a * P.a * id2);
-                    float gA0[3], gA1[3];
-                    for (int k = 0; k < 3; ++k) {
-                        gA0[k] = 2 * ga * P.A0[k] + gb * P.A1[k];
-                        gA1[k] = gb * P.A0[k] + 2 * gc * P.A1[k];
-                    }
-                    float gM0[3], gM1[3], gRS[3][3];
-                    for (int j = 0; j < 3; ++j) {
-                        gM0[j] = gA0[0] * P.RS[j][0] + gA0[1] * P.RS[j][1] + gA0[2] * P.RS[j][2];
-                        gM1[j] = gA1[0] * P.RS[j][0] + gA1[1] * P.RS[j][1] + gA1[2] * P.RS[j][2];
-                        for (int k = 0; k < 3; ++k) gRS[j][k] = P.M0[j] * gA0[k] + P.M1[j] * gA1[k];
-                    }
-                    float gR[3][3];
-                    for (int k = 0; k < 3; ++k) {
-                        float gsk = 0.f;
-                        for (int j = 0; j < 3; ++j) {
-                            gR[j][k] = gRS[j][k] * s[3 * n + k];
-                            gsk += gRS[j][k] * P.R[j][k];
-                        }
-                        gs[3 * n + k] += gsk;
-                    }
-                    float gqn[4];
-                    rotmat_grad_to_quat(P.qn, gR, gqn);
-                    const float dot = gqn[0] * P.qn[0] + gqn[1] * P.qn[1] + gqn[2] * P.qn[2] + gqn[3] * P.qn[3];
-                    const float inv_norm = 1.0f / std::max(P.qnorm, 1e-12f);
-                    for (int i = 0; i < 4; ++i) gq[4 * n + i] += (gqn[i] - P.qn[i] * dot) * inv_norm;
-                    // M0 = (fx/z)(W0 - uc W2), M1 = (fy/z)(W1 - vc W2)
-                    const float f0 = cam.fx / P.z, f1 = cam.fy / P.z;
-                    float d_f0 = 0.f, d_f1 = 0.f, d_uc = 0.f, d_vc = 0.f;
-                    for (int j = 0; j < 3; ++j) {
-                        d_f0 += gM0[j] * (cam.W[0][j] - P.uc * cam.W[2][j]);
-                        d_f1 += gM1[j] * (cam.W[1][j] - P.vc * cam.W[2][j]);
-                        d_uc -= f0 * gM0[j] * cam.W[2][j];
-                        d_vc -= f1 * gM1[j] * cam.W[2][j];
-                        gW[0][j] += f0 * gM0[j];
-                        gW[1][j] += f1 * gM1[j];
-                        gW[2][j] -= f0 * P.uc * gM0[j] + f1 * P.vc * gM1[j];
-                    }
-                    // means2d = (fx u + cx, fy v + cy), u = x / z (unclamped), uc = clamp(u)
-                    const float du = cam.fx * vm2[2 * g] + (P.u_free ? d_uc : 0.f);
-                    const float dv = cam.fy * vm2[2 * g + 1] + (P.v_free ? d_vc : 0.f);
-                    const float iz = 1.0f / P.z;
-                    gp[0] += du * iz;
-                    gp[1] += dv * iz;
-                    gp[2] += -(du * P.u + dv * P.v) * iz - (d_f0 * cam.fx + d_f1 * cam.fy) * iz * iz;
+#pragma omp parallel for schedule(static)
+        for (int64_t chunk = 0; chunk < n_chunks; ++chunk) {
+            const int64_t n0 = chunk * kChunk, n1 = std::min(N, n0 + kChunk);
+            // Per Gaussian of the chunk, what the camera gradient needs: the camera-space center's
+            // gradient gp, f0 gM0, f1 gM1 and the clamped uc, vc.
+            alignas(64) float c_gp[3][kChunk], c_gM0[3][kChunk], c_gM1[3][kChunk], c_uc[kChunk], c_vc[kChunk];
+            // GCC's auto-vectorizer, not `omp simd`: OpenMP lowering would keep `P` (its arrays are
+            // indexed in loops) as per-lane memory, which then needs scatter stores AVX2 lacks.
+#pragma GCC ivdep
+            for (int64_t n = n0; n < n1; ++n) {
+                const int64_t g = ci * N + n, l = n - n0;
+                const bool visible = (ra[2 * g] > 0) & (ra[2 * g + 1] > 0);
+                const Projected P = project_one(cam, m + 3 * n, q + 4 * n, s + 3 * n, near_f, far_f, eps_f);
+                // conic = (c, -b, a) / det. Loads are unconditional and selects decide (conditional
+                // loads of strided data do not vectorize).
+                const float r0 = vco[3 * g], r1 = vco[3 * g + 1], r2 = vco[3 * g + 2], inv_det = 1.0f / P.det;
+                const float v0 = visible ? r0 : 0.f, v1 = visible ? r1 : 0.f, v2 = visible ? r2 : 0.f;
+                const float id = visible ? inv_det : 0.f, id2 = id * id;
+                const float ga = v0 * (-P.c * P.c * id2) + v1 * (P.b * P.c * id2) + v2 * (id - P.a * P.c * id2);
+                const float gb = v0 * (2 * P.b * P.c * id2) + v1 * (-id - 2 * P.b * P.b * id2) +
+                                 v2 * (2 * P.a * P.b * id2);
+                const float gc = v0 * (id - P.a * P.c * id2) + v1 * (P.a * P.b * id2) + v2 * (-P.a * P.a * id2);
+                float gA0[3], gA1[3];
+                for (int k = 0; k < 3; ++k) {
+                    gA0[k] = 2 * ga * P.A0[k] + gb * P.A1[k];
+                    gA1[k] = gb * P.A0[k] + 2 * gc * P.A1[k];
                 }
-                if (gp[0] == 0.f && gp[1] == 0.f && gp[2] == 0.f) continue;
+                float gM0[3], gM1[3], gRS[3][3];
+                for (int j = 0; j < 3; ++j) {
+                    gM0[j] = gA0[0] * P.RS[j][0] + gA0[1] * P.RS[j][1] + gA0[2] * P.RS[j][2];
+                    gM1[j] = gA1[0] * P.RS[j][0] + gA1[1] * P.RS[j][1] + gA1[2] * P.RS[j][2];
+                    for (int k = 0; k < 3; ++k) gRS[j][k] = P.M0[j] * gA0[k] + P.M1[j] * gA1[k];
+                }
+                float gR[3][3];
+                for (int k = 0; k < 3; ++k) {
+                    float gsk = 0.f;
+                    for (int j = 0; j < 3; ++j) {
+                        gR[j][k] = gRS[j][k] * s[3 * n + k];
+                        gsk += gRS[j][k] * P.R[j][k];
+                    }
+                    gs[3 * n + k] += gsk;
+                }
+                float gqn[4];
+                rotmat_grad_to_quat(P.qn[0], P.qn[1], P.qn[2], P.qn[3], gR, gqn);
+                const float dot = gqn[0] * P.qn[0] + gqn[1] * P.qn[1] + gqn[2] * P.qn[2] + gqn[3] * P.qn[3];
+                const float inv_norm = 1.0f / std::max(P.qnorm, 1e-12f);
+                for (int i = 0; i < 4; ++i) gq[4 * n + i] += (gqn[i] - P.qn[i] * dot) * inv_norm;
+                // M0 = (fx/z)(W0 - uc W2), M1 = (fy/z)(W1 - vc W2)
+                const float f0 = cam.fx / P.z, f1 = cam.fy / P.z;
+                float d_f0 = 0.f, d_f1 = 0.f, d_uc = 0.f, d_vc = 0.f;
+                for (int j = 0; j < 3; ++j) {
+                    d_f0 += gM0[j] * (cam.W[0][j] - P.uc * cam.W[2][j]);
+                    d_f1 += gM1[j] * (cam.W[1][j] - P.vc * cam.W[2][j]);
+                    d_uc -= f0 * gM0[j] * cam.W[2][j];
+                    d_vc -= f1 * gM1[j] * cam.W[2][j];
+                    c_gM0[j][l] = f0 * gM0[j];
+                    c_gM1[j][l] = f1 * gM1[j];
+                }
+                // means2d = (fx u + cx, fy v + cy), u = x / z (unclamped), uc = clamp(u)
+                const float du_ = cam.fx * vm2[2 * g] + (P.u_free ? d_uc : 0.f);
+                const float dv_ = cam.fy * vm2[2 * g + 1] + (P.v_free ? d_vc : 0.f);
+                const float du = visible ? du_ : 0.f, dv = visible ? dv_ : 0.f;
+                const float iz = 1.0f / P.z;
+                float gp[3];  // gradient of the camera-space center
+                gp[0] = du * iz;
+                gp[1] = dv * iz;
+                gp[2] = vde[g] - (du * P.u + dv * P.v) * iz - (d_f0 * cam.fx + d_f1 * cam.fy) * iz * iz;
                 // p = W m + t
-                const float* mn = m + 3 * n;
                 for (int j = 0; j < 3; ++j)
                     gm[3 * n + j] += cam.W[0][j] * gp[0] + cam.W[1][j] * gp[1] + cam.W[2][j] * gp[2];
-                for (int i = 0; i < 3; ++i) {
-                    for (int j = 0; j < 3; ++j) gW[i][j] += gp[i] * mn[j];
-                    gt[i] += gp[i];
-                }
+                for (int i = 0; i < 3; ++i) c_gp[i][l] = gp[i];
+                c_uc[l] = P.uc;
+                c_vc[l] = P.vc;
             }
-            float* share = shares.data() + 12 * omp_get_thread_num();
-            for (int i = 0; i < 3; ++i) {
-                for (int j = 0; j < 3; ++j) share[i * 4 + j] = gW[i][j];
-                share[i * 4 + 3] = gt[i];
+            if (!camera_grad) continue;
+            float* part = partial.data() + 12 * chunk;  // [gW | gt] row-major, 3 x 4
+            std::fill(part, part + 12, 0.0f);
+            for (int64_t l = 0; l < n1 - n0; ++l) {
+                const float* mn = m + 3 * (n0 + l);
+                for (int j = 0; j < 3; ++j) {
+                    part[0 * 4 + j] += c_gM0[j][l] + c_gp[0][l] * mn[j];
+                    part[1 * 4 + j] += c_gM1[j][l] + c_gp[1][l] * mn[j];
+                    part[2 * 4 + j] += -(c_uc[l] * c_gM0[j][l] + c_vc[l] * c_gM1[j][l]) + c_gp[2][l] * mn[j];
+                }
+                for (int i = 0; i < 3; ++i) part[i * 4 + 3] += c_gp[i][l];
             }
         }
+        if (!camera_grad) continue;
         float* out = gv + 16 * ci;
-        for (size_t k = 0; k < shares.size(); ++k) out[k % 12] += shares[k];
+        for (int64_t chunk = 0; chunk < n_chunks; ++chunk)
+            for (int k = 0; k < 12; ++k) out[k] += partial[12 * chunk + k];
     }
     return {v_means, v_quats, v_scales, v_viewmats};
 }
