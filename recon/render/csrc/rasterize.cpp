@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <type_traits>
 #include <vector>
 
 
@@ -27,35 +28,15 @@ constexpr float kAlphaThreshold = 1.0f / 255.0f;
 constexpr float kTransmittanceEps = 1e-4f;
 constexpr float kMaxAlpha = 0.999f;
 constexpr int kTile = 16;              // tile side in pixels
-constexpr int kBlock = 8;              // pixels per SIMD block (one AVX2 register of floats)
-// Tile-local pixel state has rows of kStride = kTile + kBlock entries: a block starts at the first
-// pixel of a Gaussian's row span (not at a multiple of 8), and may run into the padding columns,
-// which are inert (done / zero gradient). Lanes past the span's end are masked.
-constexpr int kStride = kTile + kBlock;
+constexpr int kHalf = 4;               // pixels per row segment; a SIMD block of 8 lanes takes two
+// Tile-local pixel state has rows of kStride = kTile + 8 entries: a block starts at any pixel of a
+// Gaussian's row span and may run into the padding columns, which are inert (stopped / zero
+// gradient); lanes past the span's end are masked. kHalf more inert entries after the tile's
+// kPix serve the dummy segment that completes an odd count (see Blocks).
+constexpr int kStride = kTile + 8;
 constexpr int kPix = kTile * kStride;  // entries of tile-local state
+constexpr int kPixAlloc = kPix + kHalf;
 constexpr int kPrefetch = 4;           // Gaussians of a tile's list fetched ahead of use
-
-// exp(x) for x <= 0 inside `omp simd` loops: 2^t with t = x log2(e) split into an integer n (added
-// to the exponent bits) and f in [-0.5, 0.5], where 2^f is a degree-5 polynomial (relative error
-// 7.5e-8 on its range; ~4e-7 overall from rounding t), inlined so the loop stays in registers
-// instead of calling libmvec. Below -87 it returns ~0 (denormals are flushed), which every caller
-// treats as invisible.
-inline float exp_neg(float x) {
-    const float t = std::max(x, -87.0f) * 1.44269504088896341f;  // exp(x) = 2^t = 2^n 2^f
-    const float n = std::nearbyint(t), f = t - n;                  // f in [-0.5, 0.5]
-    float p = 1.3276446843519807e-3f;  // near-minimax degree-5 fit of 2^f, relative error 7.5e-8
-    p = p * f + 9.675540961325169e-3f;
-    p = p * f + 5.550713464617729e-2f;
-    p = p * f + 2.4022120237350464e-1f;
-    p = p * f + 6.931469440460205e-1f;
-    p = p * f + 1.0000001192092896f;
-    int32_t bits;
-    std::memcpy(&bits, &p, sizeof(bits));
-    bits += static_cast<int32_t>(n) << 23;
-    float out;
-    std::memcpy(&out, &bits, sizeof(out));
-    return out;
-}
 
 struct PixelRect {
     int x0, x1, y0, y1;  // inclusive pixel bounds; empty when x0 > x1 or y0 > y1
@@ -212,155 +193,217 @@ Binning bin_gaussians(const TileRange* ranges, const int64_t* order, int64_t C, 
     return bins;
 }
 
+// ---- SIMD blocks -------------------------------------------------------------------------------
+// The compositing loops work on blocks of 8 pixels of one Gaussian inside a tile (see Blocks),
+// written with GCC/Clang vector extensions (AVX2 registers on x86, pairs of NEON ones on ARM).
+typedef float vf __attribute__((vector_size(32)));
+typedef int32_t vi __attribute__((vector_size(32)));
+typedef float hf __attribute__((vector_size(16)));
+typedef int32_t hi4 __attribute__((vector_size(16)));
 
-// One 8-pixel block of the forward pass for a Gaussian; DC > 0: channel count known at compile time
-// (colors accumulated in the same SIMD loop), DC == 0: any count, accumulated in a second loop.
-template <int DC>
-inline int forward_block(int p0, int n_lanes, float fx0, float dy, float ca, float cb, float cc, float op,
-                         const float* cg, int64_t D, int32_t kk, float* T, float* w, int32_t* last, int32_t* done,
-                         float* acc) {
-    int n_done = 0;
-#pragma omp simd reduction(+ : n_done)
-    for (int i = 0; i < kBlock; ++i) {
-        const int p = p0 + i;
-        const float dx = fx0 - i;
-        const float sigma = 0.5f * (ca * dx * dx + cc * dy * dy) + cb * dx * dy;
-        const float alpha = std::min(kMaxAlpha, op * exp_neg(-sigma));
-        const int32_t valid = (i < n_lanes) & (done[p] == 0) & (sigma >= 0.f) & (alpha >= kAlphaThreshold);
-        const float next_T = T[p] * (1.0f - alpha);
-        const int32_t stop = valid & (next_T <= kTransmittanceEps);
-        const int32_t take = valid & (stop ^ 1);
-        n_done += stop;
-        done[p] |= stop;
-        const float wp = take ? alpha * T[p] : 0.0f;
-        w[p] = wp;
-        T[p] = take ? next_T : T[p];
-        last[p] = take ? kk : last[p];
-        for (int d = 0; d < DC; ++d) acc[d * kPix + p] += wp * cg[d];  // DC == 0: second loop below
-    }
-    if (DC == 0) {
-        for (int64_t d = 0; d < D; ++d) {
-            const float cd = cg[d];
-            float* ad = acc + d * kPix + p0;
-#pragma omp simd
-            for (int i = 0; i < kBlock; ++i) ad[i] += w[p0 + i] * cd;
-        }
-    }
-    return n_done;
+// 8 lanes from two 4-entry segments at a and b (any alignment), and back. Compilers without
+// __builtin_shufflevector (GCC < 12) get a portable version that goes through memory (slower).
+#if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)
+template <class V, class H, class T>
+inline V load2(const T* a, const T* b) {
+    H x, y;
+    std::memcpy(&x, a, sizeof(H));
+    std::memcpy(&y, b, sizeof(H));
+    return __builtin_shufflevector(x, y, 0, 1, 2, 3, 4, 5, 6, 7);
+}
+template <class V, class H, class T>
+inline void store2(T* a, T* b, V v) {
+    const H x = __builtin_shufflevector(v, v, 0, 1, 2, 3), y = __builtin_shufflevector(v, v, 4, 5, 6, 7);
+    std::memcpy(a, &x, sizeof(H));
+    std::memcpy(b, &y, sizeof(H));
+}
+#else
+template <class V, class H, class T>
+inline V load2(const T* a, const T* b) {
+    V v;
+    std::memcpy(&v, a, sizeof(H));
+    std::memcpy(reinterpret_cast<char*>(&v) + sizeof(H), b, sizeof(H));
+    return v;
+}
+template <class V, class H, class T>
+inline void store2(T* a, T* b, V v) {
+    std::memcpy(a, &v, sizeof(H));
+    std::memcpy(b, reinterpret_cast<const char*>(&v) + sizeof(H), sizeof(H));
+}
+#endif
+inline vf splat(float x) { return vf{} + x; }
+inline vf halves(float a, float b) { return vf{a, a, a, a, b, b, b, b}; }
+inline vf vmin(vf a, vf b) { return a < b ? a : b; }
+inline vf select(vi m, vf a, vf b) { return m ? a : b; }
+inline float hsum(vf v) { return ((v[0] + v[4]) + (v[2] + v[6])) + ((v[1] + v[5]) + (v[3] + v[7])); }
+inline int hsum(vi v) { return ((v[0] + v[4]) + (v[2] + v[6])) + ((v[1] + v[5]) + (v[3] + v[7])); }
+
+// exp(x) for x <= 0: 2^t with t = x log2(e) split into an integer n (added to the exponent bits) and
+// f in (-0.5, 0.5], where 2^f is a degree-5 polynomial (relative error 7.5e-8 on its range; ~4e-7
+// overall from rounding t). n = ceil(t - 0.5) by truncation, since t - 0.5 < 0. Below -87 it
+// returns ~0 (denormals are flushed), which every caller treats as invisible. Lanes with x > 0
+// get a finite value that callers mask out.
+inline vf exp_neg(vf x) {
+    const vf t = (x > -87.0f ? x : splat(-87.0f)) * 1.44269504088896341f;  // exp(x) = 2^t = 2^n 2^f
+    const vi n = __builtin_convertvector(t - 0.5f, vi);
+    const vf f = t - __builtin_convertvector(n, vf);
+    vf p = splat(1.3276446843519807e-3f);  // near-minimax degree-5 fit of 2^f, relative error 7.5e-8
+    p = p * f + 9.675540961325169e-3f;
+    p = p * f + 5.550713464617729e-2f;
+    p = p * f + 2.4022120237350464e-1f;
+    p = p * f + 6.931469440460205e-1f;
+    p = p * f + 1.0000001192092896f;
+    return reinterpret_cast<vf>(reinterpret_cast<vi>(p) + (n << 23));
 }
 
-// Per-lane gradient sums of one Gaussian over the pixels of a tile; reduced across lanes once.
-struct GaussianGrad {
-    // backward_block: moments sum(v_sigma dx), sum(v_sigma dy), sum(v_sigma dx^2), sum(v_sigma dx dy),
-    // sum(v_sigma dy^2) (the mean and conic gradients are linear in them), opacity, color 0..3;
-    // backward_block_any: mx, my, a, b, c, opacity in lane 0 of each row.
-    alignas(32) float lane[10][kBlock];
-    void clear() { std::fill(&lane[0][0], &lane[0][0] + 10 * kBlock, 0.0f); }
-    float sum(int j) const {
-        float s = 0.0f;
-        for (int i = 0; i < kBlock; ++i) s += lane[j][i];
-        return s;
+// The blocks of one Gaussian inside a tile. A row span wider than kHalf pixels is covered by
+// "wide" blocks of 8 consecutive pixels (the last one may have fewer lanes, or leave a segment of
+// at most kHalf pixels); shorter spans become 4-pixel segments, taken two at a time (same row or
+// not), and an odd count gets a dummy partner with no lanes that points at the inert entries past
+// the tile. Footprints are a few pixels wide, so pairing short segments keeps the lanes busy.
+struct Blocks {
+    static constexpr int kMaxWide = kTile * 2, kMaxSeg = kTile + 1;
+    int n_wide = 0, n_seg = 0;
+    // + room for the candidates add_row writes past the count
+    alignas(64) int32_t wp[kMaxWide + 2], wlen[kMaxWide + 2], sp[kMaxSeg + 1], slen[kMaxSeg + 1];
+    alignas(64) float wfx[kMaxWide + 2], wdy[kMaxWide + 2], sfx[kMaxSeg + 1], sdy[kMaxSeg + 1];
+
+    // Row y (tile-local) from x = lo to hi; fx0 = mx - (tx0 + 0.5), dy = my - (ty0 + y + 0.5).
+    // Branch-free: writes every candidate and advances the counts by the ones that exist.
+    inline void add_row(int y, int lo, int hi, float fx0, float dyy) {
+        const int width = std::max(0, hi - lo + 1), full = width / 8, rest = width % 8;
+        for (int j = 0; j < 2; ++j) {
+            wp[n_wide + j] = y * kStride + lo + 8 * j;
+            wlen[n_wide + j] = std::min(8, width - 8 * j);
+            wfx[n_wide + j] = fx0 - (lo + 8 * j);
+            wdy[n_wide + j] = dyy;
+        }
+        n_wide += full + (rest > kHalf);
+        const int xs = lo + 8 * full;
+        sp[n_seg] = y * kStride + xs;
+        slen[n_seg] = rest;
+        sfx[n_seg] = fx0 - xs;
+        sdy[n_seg] = dyy;
+        n_seg += (rest > 0) & (rest <= kHalf);
+    }
+    inline void pad() {
+        sp[n_seg] = kPix;
+        slen[n_seg] = 0;
+        sfx[n_seg] = 0.0f;
+        sdy[n_seg] = 0.0f;
+        n_seg += n_seg % 2;
     }
 };
 
-// One 8-pixel block of the backward pass (back to front), channels known at compile time (1..4).
-template <int DC>
-inline void backward_block(int p0, int n_lanes, float fx0, float dy, float ca, float cb, float cc, float op, const float* cg,
-                           int32_t kk, float* T, const float* Tf, const float* va, const int32_t* last,
-                           const float* vc, float* acc, GaussianGrad& gg) {
-    float cgd[4] = {0.f, 0.f, 0.f, 0.f};
-    for (int d = 0; d < DC; ++d) cgd[d] = cg[d];
-    float* __restrict__ L = &gg.lane[0][0];
-#pragma omp simd
-    for (int i = 0; i < kBlock; ++i) {
-        const int p = p0 + i;
-        const float dx = fx0 - i;
-        const float sigma = 0.5f * (ca * dx * dx + cc * dy * dy) + cb * dx * dy;
-        const float vis = exp_neg(-sigma);
-        const float alpha = std::min(kMaxAlpha, op * vis);
-        const bool active = (i < n_lanes) & (kk < last[p]) & (sigma >= 0.f) & (alpha >= kAlphaThreshold);
-        const float inv = 1.0f / (1.0f - alpha);
-        const float Tk = T[p] * inv;  // transmittance in front of this Gaussian
-        const float wk = active ? alpha * Tk : 0.0f;
-        float v_alpha = va[p] * Tf[p] * inv;
-        for (int d = 0; d < DC; ++d) {  // DC is a compile-time constant: unrolled
-            const float v = vc[d * kPix + p];
-            L[(6 + d) * kBlock + i] += wk * v;
-            v_alpha += v * (cgd[d] * Tk - acc[d * kPix + p] * inv);
-            acc[d * kPix + p] += cgd[d] * wk;
+// Where a block's 8 lanes lie: Wide, 8 consecutive pixels of a row from pa; else two 4-pixel
+// segments at pa and pb. dx, dy: mean minus pixel center; ok: lanes inside the Gaussian's spans.
+template <bool Wide>
+struct Lanes {
+    int pa, pb;
+    vf dx, dy;
+    vi ok;
+    Lanes(const Blocks& B, int i) {
+        if constexpr (Wide) {
+            pa = B.wp[i];
+            pb = pa + kHalf;
+            dx = B.wfx[i] - vf{0, 1, 2, 3, 4, 5, 6, 7};
+            dy = splat(B.wdy[i]);
+            ok = vi{0, 1, 2, 3, 4, 5, 6, 7} < B.wlen[i];
+        } else {
+            pa = B.sp[i];
+            pb = B.sp[i + 1];
+            dx = halves(B.sfx[i], B.sfx[i + 1]) - vf{0, 1, 2, 3, 0, 1, 2, 3};
+            dy = halves(B.sdy[i], B.sdy[i + 1]);
+            const int la = B.slen[i], lb = B.slen[i + 1];
+            ok = vi{0, 1, 2, 3, 0, 1, 2, 3} < vi{la, la, la, la, lb, lb, lb, lb};
         }
-        T[p] = active ? Tk : T[p];
-        const bool unclamped = active & (op * vis < kMaxAlpha);
-        v_alpha = unclamped ? v_alpha : 0.0f;
-        const float v_sigma = -op * vis * v_alpha;
-        const float vx = v_sigma * dx, vy = v_sigma * dy;  // moments of v_sigma (see GaussianGrad)
-        L[0 * kBlock + i] += vx;
-        L[1 * kBlock + i] += vy;
-        L[2 * kBlock + i] += vx * dx;
-        L[3 * kBlock + i] += vx * dy;
-        L[4 * kBlock + i] += vy * dy;
-        L[5 * kBlock + i] += vis * v_alpha;
     }
+    template <class V, class T>
+    inline V load(const T* base) const {
+        if constexpr (Wide) {
+            V v;
+            std::memcpy(&v, base + pa, sizeof(V));
+            return v;
+        } else {
+            return load2<V, std::conditional_t<std::is_same_v<V, vf>, hf, hi4>>(base + pa, base + pb);
+        }
+    }
+    template <class V, class T>
+    inline void store(T* base, V v) const {
+        if constexpr (Wide) std::memcpy(base + pa, &v, sizeof(V));
+        else store2<V, std::conditional_t<std::is_same_v<V, vf>, hf, hi4>>(base + pa, base + pb, v);
+    }
+};
+
+// One block of the forward pass for a Gaussian. DC > 0: channel count known at compile time;
+// DC == 0: D channels. Returns the lanes that stopped (-1) this time. `last` holds the number of
+// list entries a pixel took, or ~that (< 0) once the pixel stopped.
+template <int DC, bool Wide>
+inline vi forward_block(const Lanes<Wide>& L, float ca, float cb, float cc, float op, const float* cg, int64_t D,
+                        int32_t kk, float* T, int32_t* last, float* acc) {
+    const vf dx = L.dx, dy = L.dy;
+    const vf sigma = 0.5f * (ca * dx * dx + cc * dy * dy) + cb * dx * dy;
+    const vf alpha = vmin(splat(kMaxAlpha), op * exp_neg(-sigma));
+    const vi lp = L.template load<vi>(last);
+    const vi valid = L.ok & (lp >= 0) & (sigma >= 0.0f) & (alpha >= kAlphaThreshold);
+    const vf Tp = L.template load<vf>(T);
+    const vf next_T = Tp * (1.0f - alpha);
+    const vi stop = valid & (next_T <= kTransmittanceEps);
+    const vi take = valid & ~stop;
+    const vf wp = select(take, alpha * Tp, splat(0.0f));
+    L.store(T, select(take, next_T, Tp));
+    L.store(last, take ? vi{} + kk : (stop ? ~lp : lp));
+    const int64_t Dn = DC > 0 ? DC : D;
+    for (int64_t d = 0; d < Dn; ++d) {
+        float* ad = acc + d * kPixAlloc;
+        L.store(ad, L.template load<vf>(ad) + wp * cg[d]);
+    }
+    return stop;
 }
 
-// Backward block for any channel count (feature rendering): three SIMD passes through scratch.
-inline void backward_block_any(int p0, int n_lanes, float fx0, float dy, float ca, float cb, float cc, float op, const float* cg,
-                               int64_t D, int32_t kk, float* T, const float* Tf, const float* va,
-                               const int32_t* last, const float* vc, float* acc, GaussianGrad& gg, float* gcol) {
-    alignas(64) float b_active[kBlock], b_Tk[kBlock], b_wk[kBlock], b_inv[kBlock], b_valpha[kBlock], b_vis[kBlock];
-#pragma omp simd
-    for (int i = 0; i < kBlock; ++i) {
-        const int p = p0 + i;
-        const float dx = fx0 - i;
-        const float sigma = 0.5f * (ca * dx * dx + cc * dy * dy) + cb * dx * dy;
-        const float vis = exp_neg(-sigma);
-        const float alpha = std::min(kMaxAlpha, op * vis);
-        const bool active = (i < n_lanes) & (kk < last[p]) & (sigma >= 0.f) & (alpha >= kAlphaThreshold);
-        const float inv = 1.0f / (1.0f - alpha);
-        b_vis[i] = vis;
-        b_active[i] = active ? 1.0f : 0.0f;
-        b_inv[i] = inv;
-        b_Tk[i] = T[p] * inv;
-        b_wk[i] = active ? alpha * T[p] * inv : 0.0f;
-        b_valpha[i] = va[p] * Tf[p] * inv;
+// Per-lane gradient sums of one Gaussian over a tile, reduced across lanes once: the moments
+// sum(v_sigma dx), sum(v_sigma dy), sum(v_sigma dx^2), sum(v_sigma dx dy), sum(v_sigma dy^2) (the
+// mean and conic gradients are linear in them) and the opacity's; colors separately.
+struct GaussianGrad {
+    vf mx{}, my{}, xx{}, xy{}, yy{}, op{};
+};
+
+// One block of the backward pass (back to front); DC as in forward_block, colors' sums in gcol.
+template <int DC, bool Wide>
+inline void backward_block(const Lanes<Wide>& L, float ca, float cb, float cc, float op, const float* cg, int64_t D,
+                           int32_t kk, float* T, const float* Tf, const float* va, const int32_t* last,
+                           const float* vc, float* acc, GaussianGrad& gg, vf* gcol) {
+    const vf dx = L.dx, dy = L.dy;
+    const vf sigma = 0.5f * (ca * dx * dx + cc * dy * dy) + cb * dx * dy;
+    const vf vis = exp_neg(-sigma);
+    const vf alpha = vmin(splat(kMaxAlpha), op * vis);
+    const vi active =
+        L.ok & (kk < L.template load<vi>(last)) & (sigma >= 0.0f) & (alpha >= kAlphaThreshold);
+    const vf inv = 1.0f / (1.0f - alpha);
+    const vf Tp = L.template load<vf>(T);
+    const vf Tk = Tp * inv;  // transmittance in front of this Gaussian
+    const vf wk = select(active, alpha * Tk, splat(0.0f));
+    vf v_alpha = L.template load<vf>(va) * L.template load<vf>(Tf) * inv;
+    const int64_t Dn = DC > 0 ? DC : D;
+    for (int64_t d = 0; d < Dn; ++d) {
+        const float* vd = vc + d * kPixAlloc;
+        float* ad = acc + d * kPixAlloc;
+        const vf v = L.template load<vf>(vd), a = L.template load<vf>(ad);
+        gcol[d] += wk * v;
+        v_alpha += v * (cg[d] * Tk - a * inv);
+        L.store(ad, a + cg[d] * wk);
     }
-    for (int64_t d = 0; d < D; ++d) {
-        const float cd = cg[d];
-        float* ad = acc + d * kPix + p0;
-        const float* vd = vc + d * kPix + p0;
-        float gd = 0.0f;
-#pragma omp simd reduction(+ : gd)
-        for (int i = 0; i < kBlock; ++i) {
-            gd += b_wk[i] * vd[i];
-            b_valpha[i] += vd[i] * (cd * b_Tk[i] - ad[i] * b_inv[i]);
-            ad[i] += cd * b_wk[i];
-        }
-        gcol[d] += gd;
-    }
-    float g_mx = 0, g_my = 0, g_a = 0, g_b = 0, g_c = 0, g_op = 0;
-#pragma omp simd reduction(+ : g_mx, g_my, g_a, g_b, g_c, g_op)
-    for (int i = 0; i < kBlock; ++i) {
-        const int p = p0 + i;
-        const float dx = fx0 - i;
-        const float vis = b_vis[i];
-        const bool active = b_active[i] > 0.5f;
-        const bool unclamped = active & (op * vis < kMaxAlpha);
-        T[p] = active ? b_Tk[i] : T[p];
-        const float v_alpha = unclamped ? b_valpha[i] : 0.0f;
-        const float v_sigma = -op * vis * v_alpha;
-        g_mx += v_sigma * (ca * dx + cb * dy);
-        g_my += v_sigma * (cb * dx + cc * dy);
-        g_a += v_sigma * 0.5f * dx * dx;
-        g_b += v_sigma * dx * dy;
-        g_c += v_sigma * 0.5f * dy * dy;
-        g_op += vis * v_alpha;
-    }
-    gg.lane[0][0] += g_mx;
-    gg.lane[1][0] += g_my;
-    gg.lane[2][0] += g_a;
-    gg.lane[3][0] += g_b;
-    gg.lane[4][0] += g_c;
-    gg.lane[5][0] += g_op;
+    L.store(T, select(active, Tk, Tp));
+    const vi unclamped = active & (op * vis < kMaxAlpha);
+    v_alpha = select(unclamped, v_alpha, splat(0.0f));
+    const vf v_sigma = -op * vis * v_alpha;
+    const vf vx = v_sigma * dx, vy = v_sigma * dy;
+    gg.mx += vx;
+    gg.my += vy;
+    gg.xx += vx * dx;
+    gg.xy += vx * dy;
+    gg.yy += vy * dy;
+    gg.op += vis * v_alpha;
 }
 
 }  // namespace
@@ -403,6 +446,47 @@ torch::Tensor depth_order(const torch::Tensor& depths) {
     return order;
 }
 
+namespace {
+
+// Composites one Gaussian over its blocks in a tile; returns how many pixels stopped.
+template <int DC>
+int forward_gaussian(const Blocks& B, float ca, float cb, float cc, float op, const float* cg, int64_t D,
+                     int32_t kk, float* T, int32_t* last, float* acc) {
+    vi stops{};
+    for (int i = 0; i < B.n_wide; ++i)
+        stops += forward_block<DC>(Lanes<true>(B, i), ca, cb, cc, op, cg, D, kk, T, last, acc);
+    for (int i = 0; i < B.n_seg; i += 2)
+        stops += forward_block<DC>(Lanes<false>(B, i), ca, cb, cc, op, cg, D, kk, T, last, acc);
+    return -hsum(stops);
+}
+
+// The gradient of one Gaussian over its blocks in a tile (walked back to front) into its slot:
+// mx, my, a, b, c, opacity, colors[D].
+template <int DC>
+void backward_gaussian(const Blocks& B, float ca, float cb, float cc, float op, const float* cg, int64_t D,
+                       int32_t kk, float* T, const float* Tf, const float* va, const int32_t* last, const float* vc,
+                       float* acc, vf* gcol_any, float* slot) {
+    GaussianGrad gg;
+    vf gcol_fixed[DC > 0 ? DC : 1] = {};
+    vf* gcol = DC > 0 ? gcol_fixed : gcol_any;
+    const int64_t Dn = DC > 0 ? DC : D;
+    for (int64_t d = 0; d < Dn; ++d) gcol[d] = vf{};
+    for (int i = 0; i < B.n_wide; ++i)
+        backward_block<DC>(Lanes<true>(B, i), ca, cb, cc, op, cg, D, kk, T, Tf, va, last, vc, acc, gg, gcol);
+    for (int i = 0; i < B.n_seg; i += 2)
+        backward_block<DC>(Lanes<false>(B, i), ca, cb, cc, op, cg, D, kk, T, Tf, va, last, vc, acc, gg, gcol);
+    const float sx = hsum(gg.mx), sy = hsum(gg.my);
+    slot[0] = ca * sx + cb * sy;
+    slot[1] = cb * sx + cc * sy;
+    slot[2] = 0.5f * hsum(gg.xx);
+    slot[3] = hsum(gg.xy);
+    slot[4] = 0.5f * hsum(gg.yy);
+    slot[5] = hsum(gg.op);
+    for (int64_t d = 0; d < Dn; ++d) slot[6 + d] = hsum(gcol[d]);
+}
+
+}  // namespace
+
 // Forward. Returns {colors [C,H,W,D], alphas [C,H,W,1], tile_offsets [C*T+1] int64,
 // flat_ids [M] int32, last_ids [C,H,W] int32 (number of list entries a pixel walked, exclusive)}.
 std::vector<torch::Tensor> rasterize_forward(const torch::Tensor& means2d,    // [C, N, 2]
@@ -442,27 +526,28 @@ std::vector<torch::Tensor> rasterize_forward(const torch::Tensor& means2d,    //
 
 #pragma omp parallel
     {
-        // Tile-local pixel state, row stride kStride; pixels past the image edge are computed and dropped.
-        alignas(64) float T[kPix], w[kPix];
-        alignas(64) int32_t last[kPix], done[kPix];
-        std::vector<float> acc(kPix * D);
+        // Tile-local pixel state (row stride kStride); pixels past the image edge start stopped.
+        alignas(64) float T[kPixAlloc];
+        alignas(64) int32_t last[kPixAlloc];
+        std::vector<float> acc(kPixAlloc * D);
+        bool row_live[kTile];  // some pixel of the row has not stopped
+        Blocks S;
 #pragma omp for schedule(dynamic, 1)
         for (int64_t t = 0; t < C * tiles; ++t) {
             const int64_t c = t / tiles;
             const int tile = static_cast<int>(t % tiles);
             const int tx0 = (tile % tiles_x) * kTile, ty0 = (tile / tiles_x) * kTile;
             const int tw = std::min(kTile, W - tx0), th = std::min(kTile, H - ty0);
-            int n_done = 0;
-            for (int p = 0; p < kPix; ++p) {
-                const bool inside = (p % kStride) < tw && (p / kStride) < th;
+            for (int p = 0; p < kPixAlloc; ++p) {
+                const bool inside = p < kPix && (p % kStride) < tw && (p / kStride) < th;
                 T[p] = 1.0f;
-                last[p] = 0;
-                done[p] = inside ? 0 : 1;
-                n_done += inside ? 0 : 1;
+                last[p] = inside ? 0 : -1;
             }
+            for (int y = 0; y < kTile; ++y) row_live[y] = y < th;
             std::fill(acc.begin(), acc.end(), 0.0f);
+            int n_live = tw * th;
             const int64_t start = offs[t], end = offs[t + 1];
-            for (int64_t k = start; k < end && n_done < kPix; ++k) {
+            for (int64_t k = start; k < end && n_live > 0; ++k) {
                 if (k + kPrefetch < end) {  // the list is in depth order, i.e. at random addresses
                     const int64_t ga = c * N + ids[k + kPrefetch];
                     __builtin_prefetch(&pk[ga]);
@@ -470,30 +555,35 @@ std::vector<torch::Tensor> rasterize_forward(const torch::Tensor& means2d,    //
                 }
                 const int64_t g = c * N + ids[k];
                 const PackedGaussian& P = pk[g];
-                const float mx = P.mx, my = P.my, ca = P.ca, cb = P.cb, cc = P.cc, op = P.op;
                 const PixelRect r = tile_rect(P.rect, tx0, ty0);
-                const RowSpans& spans = P.spans;
+                if (r.y0 > r.y1) continue;
+                alignas(64) int32_t row_lo[kTile], row_hi[kTile];
+                P.spans.tile_rows(P.my, P.mx, tx0, ty0, r, row_lo, row_hi);
+                S.n_wide = S.n_seg = 0;
+                const float fx0 = P.mx - (tx0 + 0.5f);
+                for (int y = r.y0; y <= r.y1; ++y) {
+                    if (!row_live[y]) continue;
+                    S.add_row(y, row_lo[y - r.y0], row_hi[y - r.y0], fx0, P.my - (ty0 + y + 0.5f));
+                }
+                if (S.n_wide + S.n_seg == 0) continue;
+                S.pad();
                 const float* cg = col + g * D;
                 const int32_t kk = static_cast<int32_t>(k - start + 1);
-                alignas(64) int32_t row_lo[kTile], row_hi[kTile];
-                if (r.y0 <= r.y1) spans.tile_rows(my, mx, tx0, ty0, r, row_lo, row_hi);
-                for (int y = r.y0; y <= r.y1; ++y) {
-                    const float dy = my - (ty0 + y + 0.5f);
-                    const int lo = row_lo[y - r.y0], hi = row_hi[y - r.y0];
-                    for (int x = lo; x <= hi; x += kBlock) {
-                        const int p0 = y * kStride + x, nl = hi - x + 1;
-                        int all_done = 1;
-                        for (int i = 0; i < kBlock; ++i) all_done &= done[p0 + i];
-                        if (all_done) continue;
-                        const float fx0 = mx - (tx0 + x + 0.5f);
-                        float* A = acc.data();
-                        switch (D) {
-                            case 1: n_done += forward_block<1>(p0, nl, fx0, dy, ca, cb, cc, op, cg, D, kk, T, w, last, done, A); break;
-                            case 2: n_done += forward_block<2>(p0, nl, fx0, dy, ca, cb, cc, op, cg, D, kk, T, w, last, done, A); break;
-                            case 3: n_done += forward_block<3>(p0, nl, fx0, dy, ca, cb, cc, op, cg, D, kk, T, w, last, done, A); break;
-                            case 4: n_done += forward_block<4>(p0, nl, fx0, dy, ca, cb, cc, op, cg, D, kk, T, w, last, done, A); break;
-                            default: n_done += forward_block<0>(p0, nl, fx0, dy, ca, cb, cc, op, cg, D, kk, T, w, last, done, A);
-                        }
+                float* A = acc.data();
+                int n_stop;
+                switch (D) {
+                    case 1: n_stop = forward_gaussian<1>(S, P.ca, P.cb, P.cc, P.op, cg, D, kk, T, last, A); break;
+                    case 2: n_stop = forward_gaussian<2>(S, P.ca, P.cb, P.cc, P.op, cg, D, kk, T, last, A); break;
+                    case 3: n_stop = forward_gaussian<3>(S, P.ca, P.cb, P.cc, P.op, cg, D, kk, T, last, A); break;
+                    case 4: n_stop = forward_gaussian<4>(S, P.ca, P.cb, P.cc, P.op, cg, D, kk, T, last, A); break;
+                    default: n_stop = forward_gaussian<0>(S, P.ca, P.cb, P.cc, P.op, cg, D, kk, T, last, A);
+                }
+                if (n_stop > 0) {
+                    n_live -= n_stop;
+                    for (int y = r.y0; y <= r.y1; ++y) {
+                        int live = 0;
+                        for (int x = 0; x < kTile; ++x) live |= last[y * kStride + x] >= 0;
+                        row_live[y] = live != 0;
                     }
                 }
             }
@@ -501,9 +591,9 @@ std::vector<torch::Tensor> rasterize_forward(const torch::Tensor& means2d,    //
                 for (int x = 0; x < tw; ++x) {
                     const int p = y * kStride + x;
                     const int64_t pix = (c * H + ty0 + y) * W + tx0 + x;
-                    for (int64_t d = 0; d < D; ++d) oc[pix * D + d] = acc[d * kPix + p];
+                    for (int64_t d = 0; d < D; ++d) oc[pix * D + d] = acc[d * kPixAlloc + p];
                     oa[pix] = 1.0f - T[p];
-                    ol[pix] = last[p];
+                    ol[pix] = last[p] < 0 ? ~last[p] : last[p];
                 }
             }
         }
@@ -544,18 +634,18 @@ std::vector<torch::Tensor> rasterize_backward(const torch::Tensor& means2d,     
     const float* vao = v_alphas_out.data_ptr<float>();
     const int64_t M = flat_ids.size(0);
     const std::vector<PackedGaussian> pk = pack_gaussians(m2d, con, opa, rad, C * N, W, H);
-    const int64_t S = 6 + D;  // per-intersection slot: mx, my, a, b, c, opacity, colors[D]
+    const int64_t slot_size = 6 + D;  // per-intersection slot: mx, my, a, b, c, opacity, colors[D]
     // Every slot is written below (entries a tile never walked get zeros), so no zero-fill here.
-    std::unique_ptr<float[]> slots(new float[std::max<int64_t>(1, M * S)]);
+    std::unique_ptr<float[]> slots(new float[std::max<int64_t>(1, M * slot_size)]);
 
 #pragma omp parallel
     {
-        alignas(64) float T[kPix], Tf[kPix], va[kPix];
-        alignas(64) int32_t last[kPix];
+        alignas(64) float T[kPixAlloc], Tf[kPixAlloc], va[kPixAlloc];
+        alignas(64) int32_t last[kPixAlloc];
         int32_t row_last[kTile];
-        GaussianGrad gg;
-        std::vector<float> acc(kPix * D), vc(kPix * D);
-        std::vector<float> gcol(D);
+        std::vector<float> acc(kPixAlloc * D), vc(kPixAlloc * D);
+        std::vector<vf> gcol(D);
+        Blocks S;
 #pragma omp for schedule(dynamic, 1)
         for (int64_t t = 0; t < C * tiles; ++t) {
             const int64_t c = t / tiles;
@@ -564,23 +654,23 @@ std::vector<torch::Tensor> rasterize_backward(const torch::Tensor& means2d,     
             const int tw = std::min(kTile, W - tx0), th = std::min(kTile, H - ty0);
             int32_t max_last = 0;
             std::fill(acc.begin(), acc.end(), 0.0f);
-            for (int p = 0; p < kPix; ++p) {
+            for (int p = 0; p < kPixAlloc; ++p) {
                 const int y = p / kStride, x = p % kStride;
-                const bool inside = x < tw && y < th;
+                const bool inside = p < kPix && x < tw && y < th;
                 const int64_t pix = (c * H + ty0 + y) * W + tx0 + x;
                 T[p] = inside ? 1.0f - ra[pix] : 1.0f;
                 Tf[p] = T[p];
                 last[p] = inside ? la[pix] : 0;
                 max_last = std::max(max_last, last[p]);
                 va[p] = inside ? vao[pix] : 0.0f;
-                for (int64_t d = 0; d < D; ++d) vc[d * kPix + p] = inside ? vco[pix * D + d] : 0.0f;
+                for (int64_t d = 0; d < D; ++d) vc[d * kPixAlloc + p] = inside ? vco[pix * D + d] : 0.0f;
             }
             for (int y = 0; y < kTile; ++y) {
                 row_last[y] = 0;
                 for (int x = 0; x < kTile; ++x) row_last[y] = std::max(row_last[y], last[y * kStride + x]);
             }
             const int64_t start = offs[t];
-            std::fill(slots.get() + (start + max_last) * S, slots.get() + offs[t + 1] * S, 0.0f);
+            std::fill(slots.get() + (start + max_last) * slot_size, slots.get() + offs[t + 1] * slot_size, 0.0f);
             for (int64_t k = start + max_last - 1; k >= start; --k) {
                 const int32_t kk = static_cast<int32_t>(k - start);  // pixels with last > kk saw this one
                 if (k - kPrefetch >= start) {
@@ -590,45 +680,29 @@ std::vector<torch::Tensor> rasterize_backward(const torch::Tensor& means2d,     
                 }
                 const int64_t g = c * N + ids[k];
                 const PackedGaussian& P = pk[g];
-                const float mx = P.mx, my = P.my, ca = P.ca, cb = P.cb, cc = P.cc, op = P.op;
                 const PixelRect r = tile_rect(P.rect, tx0, ty0);
-                const RowSpans& spans = P.spans;
-                const float* cg = col + g * D;
-                gg.clear();
-                std::fill(gcol.begin(), gcol.end(), 0.0f);
-                alignas(64) int32_t row_lo[kTile], row_hi[kTile];
-                if (r.y0 <= r.y1) spans.tile_rows(my, mx, tx0, ty0, r, row_lo, row_hi);
-                for (int y = r.y0; y <= r.y1; ++y) {
-                    if (kk >= row_last[y]) continue;  // every pixel of this row stopped in front
-                    const float dy = my - (ty0 + y + 0.5f);
-                    const int lo = row_lo[y - r.y0], hi = row_hi[y - r.y0];
-                    for (int x = lo; x <= hi; x += kBlock) {
-                        const int p0 = y * kStride + x, nl = hi - x + 1;
-                        const float fx0 = mx - (tx0 + x + 0.5f);
-                        float* A = acc.data();
-                        const float* V = vc.data();
-                        switch (D) {
-                            case 1: backward_block<1>(p0, nl, fx0, dy, ca, cb, cc, op, cg, kk, T, Tf, va, last, V, A, gg); break;
-                            case 2: backward_block<2>(p0, nl, fx0, dy, ca, cb, cc, op, cg, kk, T, Tf, va, last, V, A, gg); break;
-                            case 3: backward_block<3>(p0, nl, fx0, dy, ca, cb, cc, op, cg, kk, T, Tf, va, last, V, A, gg); break;
-                            case 4: backward_block<4>(p0, nl, fx0, dy, ca, cb, cc, op, cg, kk, T, Tf, va, last, V, A, gg); break;
-                            default: backward_block_any(p0, nl, fx0, dy, ca, cb, cc, op, cg, D, kk, T, Tf, va, last, V, A, gg, gcol.data());
-                        }
+                S.n_wide = S.n_seg = 0;
+                if (r.y0 <= r.y1) {
+                    alignas(64) int32_t row_lo[kTile], row_hi[kTile];
+                    P.spans.tile_rows(P.my, P.mx, tx0, ty0, r, row_lo, row_hi);
+                    const float fx0 = P.mx - (tx0 + 0.5f);
+                    for (int y = r.y0; y <= r.y1; ++y) {
+                        if (kk >= row_last[y]) continue;  // every pixel of this row stopped in front
+                        S.add_row(y, row_lo[y - r.y0], row_hi[y - r.y0], fx0, P.my - (ty0 + y + 0.5f));
                     }
                 }
-                float* slot = slots.get() + k * S;
-                if (D <= 4) {  // lanes 0-4 hold moments: sums of v_sigma dx, v_sigma dy, v_sigma dx^2, ..dx dy, ..dy^2
-                    const float sx = gg.sum(0), sy = gg.sum(1);
-                    slot[0] = ca * sx + cb * sy;
-                    slot[1] = cb * sx + cc * sy;
-                    slot[2] = 0.5f * gg.sum(2);
-                    slot[3] = gg.sum(3);
-                    slot[4] = 0.5f * gg.sum(4);
-                    slot[5] = gg.sum(5);
-                } else {
-                    for (int j = 0; j < 6; ++j) slot[j] = gg.sum(j);
+                S.pad();
+                const float* cg = col + g * D;
+                float* slot = slots.get() + k * slot_size;
+                float* A = acc.data();
+                const float* V = vc.data();
+                switch (D) {
+                    case 1: backward_gaussian<1>(S, P.ca, P.cb, P.cc, P.op, cg, D, kk, T, Tf, va, last, V, A, gcol.data(), slot); break;
+                    case 2: backward_gaussian<2>(S, P.ca, P.cb, P.cc, P.op, cg, D, kk, T, Tf, va, last, V, A, gcol.data(), slot); break;
+                    case 3: backward_gaussian<3>(S, P.ca, P.cb, P.cc, P.op, cg, D, kk, T, Tf, va, last, V, A, gcol.data(), slot); break;
+                    case 4: backward_gaussian<4>(S, P.ca, P.cb, P.cc, P.op, cg, D, kk, T, Tf, va, last, V, A, gcol.data(), slot); break;
+                    default: backward_gaussian<0>(S, P.ca, P.cb, P.cc, P.op, cg, D, kk, T, Tf, va, last, V, A, gcol.data(), slot);
                 }
-                for (int64_t d = 0; d < D; ++d) slot[6 + d] = D <= 4 ? gg.sum(6 + static_cast<int>(d)) : gcol[d];
             }
         }
     }
@@ -657,7 +731,7 @@ std::vector<torch::Tensor> rasterize_backward(const torch::Tensor& means2d,     
             for (int64_t k = offs[c * tiles]; k < offs[(c + 1) * tiles]; ++k) {
                 const int64_t g = c * N + ids[k];
                 if (g < g0 || g >= g1) continue;
-                const float* slot = slots.get() + k * S;
+                const float* slot = slots.get() + k * slot_size;
                 vm[2 * g] += slot[0];
                 vm[2 * g + 1] += slot[1];
                 vcn[3 * g] += slot[2];
