@@ -538,11 +538,9 @@ std::vector<torch::Tensor> rasterize_forward(const torch::Tensor& means2d,    //
             const int tile = static_cast<int>(t % tiles);
             const int tx0 = (tile % tiles_x) * kTile, ty0 = (tile / tiles_x) * kTile;
             const int tw = std::min(kTile, W - tx0), th = std::min(kTile, H - ty0);
-            for (int p = 0; p < kPixAlloc; ++p) {
-                const bool inside = p < kPix && (p % kStride) < tw && (p / kStride) < th;
-                T[p] = 1.0f;
-                last[p] = inside ? 0 : -1;
-            }
+            std::fill(T, T + kPixAlloc, 1.0f);
+            std::fill(last, last + kPixAlloc, -1);
+            for (int y = 0; y < th; ++y) std::fill(last + y * kStride, last + y * kStride + tw, 0);
             for (int y = 0; y < kTile; ++y) row_live[y] = y < th;
             std::fill(acc.begin(), acc.end(), 0.0f);
             int n_live = tw * th;
@@ -654,20 +652,27 @@ std::vector<torch::Tensor> rasterize_backward(const torch::Tensor& means2d,     
             const int tw = std::min(kTile, W - tx0), th = std::min(kTile, H - ty0);
             int32_t max_last = 0;
             std::fill(acc.begin(), acc.end(), 0.0f);
-            for (int p = 0; p < kPixAlloc; ++p) {
-                const int y = p / kStride, x = p % kStride;
-                const bool inside = p < kPix && x < tw && y < th;
-                const int64_t pix = (c * H + ty0 + y) * W + tx0 + x;
-                T[p] = inside ? 1.0f - ra[pix] : 1.0f;
-                Tf[p] = T[p];
-                last[p] = inside ? la[pix] : 0;
-                max_last = std::max(max_last, last[p]);
-                va[p] = inside ? vao[pix] : 0.0f;
-                for (int64_t d = 0; d < D; ++d) vc[d * kPixAlloc + p] = inside ? vco[pix * D + d] : 0.0f;
-            }
-            for (int y = 0; y < kTile; ++y) {
-                row_last[y] = 0;
-                for (int x = 0; x < kTile; ++x) row_last[y] = std::max(row_last[y], last[y * kStride + x]);
+            // Entries outside the image (and the padding) are inert: T = 1, last = 0, zero gradients.
+            std::fill(T, T + kPixAlloc, 1.0f);
+            std::fill(Tf, Tf + kPixAlloc, 1.0f);
+            std::fill(last, last + kPixAlloc, 0);
+            std::fill(va, va + kPixAlloc, 0.0f);
+            std::fill(vc.begin(), vc.end(), 0.0f);
+            std::fill(row_last, row_last + kTile, 0);
+            for (int y = 0; y < th; ++y) {
+                const int64_t row = (c * H + ty0 + y) * W + tx0;  // first image pixel of the tile row
+                const int q = y * kStride;
+                int32_t row_max = 0;
+                for (int x = 0; x < tw; ++x) {
+                    T[q + x] = Tf[q + x] = 1.0f - ra[row + x];
+                    last[q + x] = la[row + x];
+                    row_max = std::max(row_max, la[row + x]);
+                    va[q + x] = vao[row + x];
+                }
+                for (int64_t d = 0; d < D; ++d)
+                    for (int x = 0; x < tw; ++x) vc[d * kPixAlloc + q + x] = vco[(row + x) * D + d];
+                row_last[y] = row_max;
+                max_last = std::max(max_last, row_max);
             }
             const int64_t start = offs[t];
             std::fill(slots.get() + (start + max_last) * slot_size, slots.get() + offs[t + 1] * slot_size, 0.0f);
