@@ -202,3 +202,20 @@ def test_projection_matches_gsplat_reference_math():
     torch.testing.assert_close(proj.means2d[visible], means2d[visible], atol=1e-4, rtol=1e-5)
     torch.testing.assert_close(proj.depths[visible], depths[visible])
     torch.testing.assert_close(proj.conics[visible], conics[visible], atol=1e-5, rtol=1e-4)
+
+
+@needs_ext
+@pytest.mark.parametrize("n_cameras", [1, 3])
+def test_cpu_backend_renders_an_empty_scene(n_cameras):
+    """No Gaussians (e.g. everything pruned): the background, zero alpha, and a backward that runs."""
+    cams = _cameras(24, 20)[:n_cameras]
+    params = [torch.zeros(0, 3), torch.zeros(0, 4), torch.zeros(0, 3), torch.zeros(0), torch.zeros(0, 3)]
+    params = [t.requires_grad_() for t in params]
+    render, alphas, _ = rasterization(
+        *params, cams.viewmats(), cams.Ks(), 24, 20, backgrounds=torch.tensor([0.2, 0.4, 0.6]), backend="cpu"
+    )
+    assert render.shape == (n_cameras, 20, 24, 3) and alphas.shape == (n_cameras, 20, 24, 1)
+    assert torch.equal(alphas, torch.zeros_like(alphas))
+    assert torch.allclose(render, torch.tensor([0.2, 0.4, 0.6]).expand_as(render))
+    (render.sum() + alphas.sum()).backward()
+    assert all(p.grad is not None and p.grad.numel() == 0 for p in params)
