@@ -9,6 +9,17 @@ from recon.fields.density import DensityField, DensityFieldConfig, extract_field
 from recon.fields.encoding import DenseGridEncoding, HashGridEncoding, select_encoding, total_variation
 
 # --- SDF fields (recon/fields/sdf.py, written separately): add `from recon.fields.sdf import ...` here ---
+from recon.fields.sdf import (
+    SDFField,
+    SDFFieldConfig,
+    collision_loss,
+    extract_sdf_mesh,
+    laplace_density,
+    neus_alpha,
+    object_mask_loss,
+    sdf_density_fn,
+)
+
 # --- end of SDF fields ---
 
 __all__ = [
@@ -23,4 +34,12 @@ __all__ = [
     "select_encoding",
     "total_variation",
     # SDF fields: add their names here
+    "SDFField",
+    "SDFFieldConfig",
+    "collision_loss",
+    "extract_sdf_mesh",
+    "laplace_density",
+    "neus_alpha",
+    "object_mask_loss",
+    "sdf_density_fn",
 ]

@@ -1,0 +1,291 @@
+"""SDF fields: sphere start, normals, eikonal, VolSDF / NeuS opacity, object composition, fitting, meshes."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from recon.fields.encoding import DenseGridEncoding
+from recon.fields.sdf import (
+    SDFField,
+    SDFFieldConfig,
+    collision_loss,
+    cos_anneal_ratio_at,
+    dense_grid_features_and_jacobian,
+    extract_sdf_mesh,
+    laplace_density,
+    logistic_density,
+    neus_alpha,
+    object_mask_loss,
+    uniform_box_points,
+)
+from recon.render.volume import render_rays, render_rays_reference
+
+
+def _randomized(field: SDFField, seed: int = 0) -> SDFField:
+    """Gives the grid and the SDF rows of the head non-trivial values (a field away from its start)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        field.encoding.grid.copy_(torch.randn(field.encoding.grid.shape, generator=g) * 0.2)
+        field.geometry_head.weight.copy_(torch.randn(field.geometry_head.weight.shape, generator=g) * 0.3)
+    return field
+
+
+# ---------------------------------------------------------------------------------------------- start
+@pytest.mark.parametrize("density", ["volsdf", "neus"])
+def test_sphere_start_sdf_normals_and_eikonal(density):
+    torch.manual_seed(0)
+    field = SDFField(SDFFieldConfig(sphere_radius=0.6, density=density))
+    x = uniform_box_points(field.aabb, 4000, torch.Generator().manual_seed(1))
+    sdf = field.sdf(x)
+    assert (sdf - (x.norm(dim=-1) - 0.6)).abs().max() < 1e-6
+    normals = field.normals(x)
+    cos = (normals * F.normalize(x, dim=-1)).sum(-1)
+    assert cos.min() > 1 - 1e-5
+    assert field.eikonal_loss(x) < 1e-8
+
+
+def test_multi_object_start_is_union_of_spheres_inside_empty_background():
+    centers = ((0.5, 0.0, 0.0), (-0.5, 0.0, 0.0), (0.0, 0.5, 0.3))
+    field = SDFField(SDFFieldConfig(num_objects=3, object_centers=centers, sphere_radius=0.2))
+    x = uniform_box_points(field.aabb, 3000, torch.Generator().manual_seed(2))
+    sdfs = field.object_sdfs(x)
+    assert sdfs.shape == (3000, 4)
+    c = torch.tensor(centers)
+    want = torch.cat([(2.0 - x.norm(dim=-1))[:, None], (x[:, None] - c).norm(dim=-1) - 0.2], dim=-1)
+    assert (sdfs - want).abs().max() < 1e-6
+    assert (field.sdf(x) - want.min(dim=-1).values).abs().max() < 1e-6
+    assert (field.sdf(x, object_index=2) - want[:, 2]).abs().max() < 1e-6
+    assert sdfs[:, 0].min() > 0  # the background (radius 2 > sqrt(3)) has no surface in the box
+    with pytest.raises(ValueError):
+        field.sdf(x, object_index=4)
+
+
+# ---------------------------------------------------------------------------------------------- gradient
+def test_dense_grid_features_and_jacobian_match_grid_sample_and_autograd():
+    enc = DenseGridEncoding([-1, -1, -1, 1, 1, 1], resolution=9, features=5, init_std=0.5)
+    x = (torch.rand(500, 3, generator=torch.Generator().manual_seed(3)) * 2.4 - 1.2).requires_grad_()
+    rows = dense_grid_features_and_jacobian(enc, x)  # [N, 4, F]
+    ref = enc(x)
+    assert (rows[:, 0] - ref).abs().max() < 1e-5
+    jac = torch.stack([torch.autograd.grad(ref[:, k].sum(), x, retain_graph=True)[0] for k in range(5)], 1)
+    assert (rows[:, 1:].transpose(1, 2) - jac).abs().max() < 1e-4  # [N, F, 3]
+    outside = x.detach().abs() > 1  # [N, 3] per axis
+    assert (
+        outside.any() and rows[:, 1:].transpose(1, 2)[outside[:, None, :].expand(-1, 5, -1)].abs().max() == 0
+    )
+    # border padding: flat along an axis where the point lies outside the box
+
+
+def test_analytic_gradient_equals_autograd_gradient_and_its_parameter_gradients():
+    cfg = dict(num_objects=2, hidden_layers=2, grid_resolution=16, object_centers=((0.4, 0, 0), (-0.4, 0, 0)))
+    fa = _randomized(SDFField(SDFFieldConfig(**cfg, gradient="analytic")))
+    fb = SDFField(SDFFieldConfig(**cfg, gradient="autograd"))
+    fb.load_state_dict(fa.state_dict())
+    x = uniform_box_points(fa.aabb, 2000, torch.Generator().manual_seed(4))
+    ga, gb = fa.gradient(x), fb.gradient(x)
+    assert gb.abs().max() > 1.0  # far from a unit gradient: a real test
+    assert (ga - gb).abs().max() < 1e-4
+    la, lb = fa.eikonal_loss(x), fb.eikonal_loss(x)
+    assert la.item() > 0.05 and abs(la.item() - lb.item()) < 1e-5
+    la.backward()
+    lb.backward()
+    for (name, pa), pb in zip(fa.named_parameters(), fb.parameters()):
+        if pa.grad is not None or pb.grad is not None:
+            assert torch.allclose(pa.grad, pb.grad, atol=1e-5, rtol=1e-4), name
+
+
+def test_normals_backpropagate_in_training_and_are_plain_under_no_grad():
+    field = _randomized(SDFField(SDFFieldConfig(grid_resolution=8)))
+    x = uniform_box_points(field.aabb, 100)
+    out = field(x, F.normalize(torch.randn(100, 3), dim=-1), torch.full((100,), 0.05))
+    out.normals.sum().backward()
+    assert field.encoding.grid.grad.abs().sum() > 0
+    with torch.no_grad():
+        out = field(x)
+    assert not out.normals.requires_grad and not out.density.requires_grad
+
+
+# ---------------------------------------------------------------------------------------------- opacity
+def test_laplace_density_hand_values():
+    sdf = torch.tensor([0.0, 0.1, -0.1, 1.0, -1.0])
+    got = laplace_density(sdf, 0.1)
+    e = math.exp(-1.0)
+    want = torch.tensor(
+        [5.0, 5.0 * e, 10.0 * (1 - 0.5 * e), 5.0 * math.exp(-10.0), 10.0 * (1 - 0.5 * math.exp(-10))]
+    )
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-7)
+    field = SDFField(SDFFieldConfig(sphere_radius=0.5, beta_init=0.1))
+    assert abs(field.beta.item() - 0.1001) < 1e-7  # |beta| + beta_min
+    pts = torch.tensor([[0.5, 0.0, 0.0], [0.0, 0.6, 0.0]])  # sdf 0 and 0.1
+    beta = 0.1001
+    want = torch.tensor([0.5 / beta, 0.5 / beta * math.exp(-0.1 / beta)])
+    assert torch.allclose(field.density(pts), want, rtol=1e-5)
+    assert torch.allclose(field(pts).density, want, rtol=1e-5)
+
+
+def test_neus_alpha_hand_values_and_cos_annealing():
+    inv_s = math.exp(10 * 0.3)
+
+    def sig(v):
+        return 1.0 / (1.0 + math.exp(-v))
+
+    def alpha(sdf, iter_cos, step):
+        prev, nxt = sig((sdf - iter_cos * step / 2) * inv_s), sig((sdf + iter_cos * step / 2) * inv_s)
+        return min(1.0, max(0.0, (prev - nxt + 1e-5) / (prev + 1e-5)))
+
+    sdf = torch.tensor([0.0, 0.05, -0.03, 0.2, 0.0])
+    cos = torch.tensor([-1.0, -0.5, -1.0, -1.0, 0.0])
+    step = torch.tensor([0.1, 0.1, 0.05, 0.1, 0.1])
+    got = neus_alpha(sdf, cos, step, inv_s, cos_anneal_ratio=1.0)
+    want = [alpha(s, -max(-c, 0.0), d) for s, c, d in zip(sdf.tolist(), cos.tolist(), step.tolist())]
+    assert torch.allclose(got, torch.tensor(want), atol=1e-6)
+    assert got[0] > 0.6 and got[3] < 0.05 and got[4] < 1e-4  # on the surface, outside, grazing
+    # ratio 0: the slope is -relu(0.5 - 0.5 cos), so the grazing sample (cos 0) still takes half a slope
+    got0 = neus_alpha(sdf, cos, step, inv_s, cos_anneal_ratio=0.0)
+    assert abs(got0[4].item() - alpha(0.0, -0.5, 0.1)) < 1e-6 and got0[4] > 0.35
+    assert cos_anneal_ratio_at(50, 200) == 0.25 and cos_anneal_ratio_at(500, 200) == 1.0
+    assert cos_anneal_ratio_at(3, 0) == 1.0
+
+    field = SDFField(SDFFieldConfig(density="neus", sphere_radius=0.5, cos_anneal_steps=100))
+    assert abs(field.inv_s.item() - inv_s) < 1e-3 and field.cos_anneal_ratio == 0.0
+    field.update_step(25)
+    assert field.cos_anneal_ratio == 0.25
+    field.set_cos_anneal_ratio(1.0)
+    pts = torch.tensor([[0.5, 0.0, 0.0], [0.0, 0.0, 0.7]])  # sdf 0, 0.2
+    dirs = torch.tensor([[-1.0, 0.0, 0.0], [0.0, 0.0, -1.0]])  # head on: cos = -1
+    out = field(pts, dirs, torch.tensor([0.1, 0.1]))
+    assert out.density is None
+    assert torch.allclose(out.alpha, torch.tensor([alpha(0.0, -1.0, 0.1), alpha(0.2, -1.0, 0.1)]), atol=1e-5)
+    assert torch.allclose(field.density(pts), logistic_density(torch.tensor([0.0, 0.2]), inv_s), rtol=1e-4)
+
+
+@pytest.mark.parametrize("density", ["volsdf", "neus"])
+def test_rendered_sphere_start_has_the_right_silhouette_and_depth(density):
+    field = SDFField(SDFFieldConfig(density=density, sphere_radius=0.5, beta_init=0.01, variance_init=0.5))
+    field.eval()
+    origins = torch.tensor([[0.0, 0.0, 3.0], [0.3, 0.0, 3.0], [0.7, 0.0, 3.0], [0.0, 0.9, 3.0]])
+    dirs = torch.tensor([[0.0, 0.0, -1.0]]).expand(4, 3)
+    out = render_rays(field, origins, dirs, num_samples=256, background=1.0)
+    assert out.alpha[:2].min() > 0.98 and out.alpha[2:].max() < 0.02
+    want = 3.0 - torch.sqrt(0.25 - origins[:2, 0] ** 2)
+    assert (out.depth[:2, 0] - want).abs().max() < 0.02
+    n = out.normals[:2] / out.alpha[:2]
+    assert n[0, 2] > 0.99  # facing the camera
+
+
+def test_object_opacity_accumulates_to_occlusion_aware_opacity():
+    """O_k = sum_i T_i(scene) * alpha_k,i, checked against a hand-written composite of the channels."""
+    centers = ((0.0, 0.0, 0.4), (0.0, 0.0, -0.4))  # object 1 in front of object 2 for a camera on +z
+    field = SDFField(SDFFieldConfig(num_objects=2, object_centers=centers, sphere_radius=0.3, beta_init=0.02))
+    field.eval()
+    origins = torch.tensor([[0.0, 0.0, 3.0], [0.0, 0.0, -3.0], [0.9, 0.9, 3.0], [0.2, 0.0, 3.0]])
+    dirs = torch.tensor([[0.0, 0.0, -1.0], [0.0, 0.0, 1.0], [0.0, 0.0, -1.0], [0.0, 0.0, -1.0]])
+    out = render_rays_reference(field, origins, dirs, num_samples=256)
+    opacity = out.extras["object_opacity"]  # [R, 3]
+    assert torch.allclose(opacity[:, 1:].sum(-1), out.alpha[:, 0], atol=1e-3)  # objects partition the alpha
+    assert opacity[0, 1] > 0.98 and opacity[0, 2] < 0.02  # from +z object 1 hides object 2
+    assert opacity[1, 2] > 0.98 and opacity[1, 1] < 0.02  # and from -z the other way round
+    assert opacity[2].max() < 0.01 and opacity[:, 0].max() < 1e-3  # a miss; the background is empty
+
+    # hand-written: scene transmittance times each channel's own alpha
+    t_mid = (out.t_starts + out.t_ends) / 2
+    pts = origins[:, None] + t_mid[..., None] * dirs[:, None]
+    with torch.no_grad():
+        sdfs = field.object_sdfs(pts)  # [R, S, 3]
+    delta = (out.t_ends - out.t_starts)[..., None]
+    alpha_k = 1 - torch.exp(-laplace_density(sdfs, field.beta.detach()) * delta)
+    alpha = 1 - torch.exp(-laplace_density(sdfs.min(-1).values, field.beta.detach()) * delta[..., 0])
+    trans = torch.cumprod(torch.cat([torch.ones_like(alpha[:, :1]), 1 - alpha[:, :-1]], dim=-1), dim=-1)
+    want = (trans[..., None] * alpha_k).sum(1)
+    assert torch.allclose(opacity, want, atol=1e-4)
+
+    fast = render_rays(field, origins, dirs, num_samples=256)  # the CPU path accumulates the same
+    assert torch.allclose(fast.extras["object_opacity"], opacity, atol=1e-5)
+
+
+def test_neus_object_opacity_is_in_unit_range_and_follows_the_front_object():
+    centers = ((0.0, 0.0, 0.4), (0.0, 0.0, -0.4))
+    field = SDFField(
+        SDFFieldConfig(
+            num_objects=2, object_centers=centers, sphere_radius=0.3, density="neus", variance_init=0.5
+        )
+    )
+    field.eval()
+    origins = torch.tensor([[0.0, 0.0, 3.0], [0.0, 0.0, -3.0]])
+    dirs = torch.tensor([[0.0, 0.0, -1.0], [0.0, 0.0, 1.0]])
+    out = render_rays(field, origins, dirs, num_samples=256)
+    o = out.extras["object_opacity"]
+    assert o[0, 1] > 0.95 and o[0, 2] < 0.05 and o[1, 2] > 0.95 and o[1, 1] < 0.05
+
+
+# ---------------------------------------------------------------------------------------------- losses
+def test_object_mask_loss_and_collision_loss_values():
+    opacity = torch.tensor([[0.0, 0.9, 0.1], [0.0, 0.2, 0.7], [0.3, 0.0, 0.0]])
+    labels = torch.tensor([1, 2, 0])
+    l1 = object_mask_loss(opacity, labels, kind="l1")
+    assert abs(l1.item() - (0.1 + 0.1 + 0.2 + 0.3 + 0 + 0) / 6) < 1e-6
+    bce = object_mask_loss(opacity, labels)
+    want = -(math.log(0.9) + math.log(0.9) + math.log(0.8) + math.log(0.7) + 2 * math.log(1 - 1e-4)) / 6
+    assert abs(bce.item() - want) < 1e-5
+    with_bg = object_mask_loss(opacity, labels, include_background=True, kind="l1")
+    assert abs(with_bg.item() - (0.1 + 0.1 + 0.2 + 0.3 + 0.7) / 9) < 1e-6
+
+    # point inside object 1 at depth 0.2; object 2 at -0.05 (overlap) pays 0.25, object 3 at 0.5 nothing
+    sdfs = torch.tensor([[1.0, -0.2, -0.05, 0.5], [1.0, 0.3, 0.4, 0.6]])
+    assert abs(collision_loss(sdfs).item() - 0.25 / 2) < 1e-6
+    assert collision_loss(torch.tensor([[0.5, -0.2, 0.3]])).item() == 0.0
+
+
+# ------------------------------------------------------------------------------------- trainer protocol
+@pytest.mark.parametrize("density", ["volsdf", "neus"])
+def test_parameter_groups_and_checkpoint_round_trip(density):
+    cfg = SDFFieldConfig(
+        num_objects=2, object_centers=((0.3, 0, 0), (-0.3, 0, 0)), density=density, grid_resolution=8
+    )
+    field = _randomized(SDFField(cfg))
+    groups = field.parameter_groups()
+    assert set(groups) == set(field.default_learning_rates()) == {"encoding", "mlp", "density"}
+    ids = [id(p) for ps in groups.values() for p in ps]
+    assert len(ids) == len(set(ids)) == len(list(field.parameters()))
+    assert groups["density"][0] is (field.beta_param if density == "volsdf" else field.variance)
+
+    state = field.checkpoint_state()
+    assert isinstance(state["config"], dict) and state["config"]["num_objects"] == 2
+    rebuilt = SDFField.from_checkpoint_state(state)
+    assert rebuilt.config == cfg
+    x = uniform_box_points(field.aabb, 200)
+    d = F.normalize(torch.randn(200, 3), dim=-1)
+    a, b = field(x, d, torch.full((200,), 0.05)), rebuilt(x, d, torch.full((200,), 0.05))
+    assert torch.equal(a.rgb, b.rgb) and torch.equal(a.sdf, b.sdf)
+    assert torch.equal(a.extras["object_opacity"], b.extras["object_opacity"])
+
+
+# ---------------------------------------------------------------------------------------------- meshes
+def test_extract_sdf_mesh_of_the_start_and_per_object_goes_through_clean_and_unwrap():
+    from recon.mesh.cleanup import clean_mesh
+    from recon.mesh.uv import unwrap_uv
+
+    field = SDFField(SDFFieldConfig(sphere_radius=0.6))
+    mesh = extract_sdf_mesh(field, resolution=48)
+    r = np.linalg.norm(mesh.vertices, axis=1)
+    assert abs(r.mean() - 0.6) < 0.005 and np.abs(r - 0.6).max() < 0.01
+    assert mesh.is_watertight and abs(mesh.volume - 4 / 3 * math.pi * 0.6**3) < 0.02
+    cleaned = clean_mesh(mesh)
+    uv = unwrap_uv(cleaned, texture_size=256, max_faces=2000)
+    assert len(uv.faces) <= 2000 and uv.uvs.min() >= 0 and uv.uvs.max() <= 1
+
+    multi = SDFField(
+        SDFFieldConfig(num_objects=2, object_centers=((0.5, 0, 0), (-0.5, 0, 0)), sphere_radius=0.3)
+    )
+    scene = extract_sdf_mesh(multi, resolution=48)
+    assert len(scene.split()) == 2
+    one = extract_sdf_mesh(multi, resolution=48, object_index=2)
+    assert (
+        abs(one.vertices[:, 0].mean() + 0.5) < 0.01
+        and abs(np.linalg.norm(one.vertices - [-0.5, 0, 0], axis=1).mean() - 0.3) < 0.01
+    )
