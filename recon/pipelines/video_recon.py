@@ -18,12 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor
 
 from recon.data.datasets import SceneConfig, SceneData, load_scene, write_transforms
 from recon.errors import UserError
 from recon.gaussians import DensifyConfig, GaussianModel
+from recon.metrics import ssim
 from recon.render import render_gaussians
 from recon.runs import export_run, new_run_dir, save_config
 from recon.train import Hooks, LearningRate, LossTerm, Stage, StepContext, TrainConfig, Trainer, psnr
@@ -94,32 +93,6 @@ class VideoReconConfig:
     """Side of those views in pixels."""
     progress_bar: bool = True
     """Show tqdm bars."""
-
-
-# ------------------------------------------------------------------------------------------ SSIM
-def _gaussian_window(size: int = 11, sigma: float = 1.5) -> Tensor:
-    x = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
-    g = torch.exp(-(x**2) / (2 * sigma**2))
-    return g / g.sum()
-
-
-def ssim(a: Tensor, b: Tensor, window: int = 11) -> Tensor:
-    """Mean SSIM (Wang et al. 2004) of images ``[..., H, W, 3]`` in [0, 1], Gaussian window σ = 1.5."""
-    a = a.reshape(-1, *a.shape[-3:]).permute(0, 3, 1, 2)
-    b = b.reshape(-1, *b.shape[-3:]).permute(0, 3, 1, 2)
-    g = _gaussian_window(window).to(a)
-    c = a.shape[1]
-    kx, ky = g.view(1, 1, 1, -1).repeat(c, 1, 1, 1), g.view(1, 1, -1, 1).repeat(c, 1, 1, 1)
-
-    def blur(x: Tensor) -> Tensor:
-        return F.conv2d(F.conv2d(x, kx, groups=c), ky, groups=c)
-
-    mu_a, mu_b = blur(a), blur(b)
-    var_a, var_b = blur(a * a) - mu_a**2, blur(b * b) - mu_b**2
-    cov = blur(a * b) - mu_a * mu_b
-    c1, c2 = 0.01**2, 0.03**2
-    s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
-    return s.mean()
 
 
 # ------------------------------------------------------------------------------------------ plan

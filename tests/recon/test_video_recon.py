@@ -10,7 +10,8 @@ import torch
 
 from app.cli import main
 from recon.data.synthetic import TexturedBlocks, write_synthetic_video
-from recon.pipelines.video_recon import reconstruct, reconstruct_config, split_views, ssim
+from recon.metrics import ssim
+from recon.pipelines.video_recon import reconstruct, reconstruct_config, split_views
 
 N_FRAMES = 36
 
