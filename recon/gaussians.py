@@ -25,7 +25,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -157,6 +157,39 @@ class GaussianModel(torch.nn.Module):
         points = (torch.rand(n, 3, generator=generator) * 2 - 1) * half_extent
         colors = torch.rand(n, 3, generator=generator)
         return cls.from_points(points, colors, sh_degree, init_scale, init_opacity)
+
+    # ---------------------------------------------------------------- the training loop's protocol
+    def parameter_groups(self) -> dict[str, list[Tensor]]:
+        """One group per splat tensor (gsplat's strategies expect one optimizer per tensor)."""
+        return {name: [p] for name, p in self.splats.items()}
+
+    @staticmethod
+    def default_learning_rates(scene_scale: float = 1.0) -> dict[str, tuple[float, float | None]]:
+        """The 3DGS paper's learning rates (Kerbl et al. 2023) as ``(initial, final)``; means decay."""
+        return {
+            "means": (1.6e-4 * scene_scale, 1.6e-6 * scene_scale),
+            "scales": (5e-3, None),
+            "quats": (1e-3, None),
+            "opacities": (5e-2, None),
+            "sh0": (2.5e-3, None),
+            "shN": (2.5e-3 / 20, None),
+        }
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        return {
+            "splats": {k: v.detach().clone() for k, v in self.splats.items()},
+            "sh_degree": self.sh_degree,
+        }
+
+    def load_checkpoint_state(self, state: dict[str, Any]) -> None:
+        """Replaces the Gaussians in place (their number may differ from the current one)."""
+        restored = GaussianModel(state["splats"], state["sh_degree"])
+        self.sh_degree = restored.sh_degree
+        self.splats = restored.splats
+
+    @classmethod
+    def from_checkpoint_state(cls, state: dict[str, Any]) -> GaussianModel:
+        return cls(state["splats"], state["sh_degree"])
 
     # ---------------------------------------------------------------- I/O
     def save_ply(self, path: str | os.PathLike) -> None:

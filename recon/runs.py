@@ -103,13 +103,20 @@ def load_config(run_dir: str | Path) -> tuple[str, dict[str, Any]]:
 
 
 # ---------------------------------------------------------------- results
-def load_model(run_dir: str | Path) -> GaussianModel:
-    """The Gaussians of a run's last checkpoint."""
+def load_model(run_dir: str | Path) -> torch.nn.Module:
+    """The representation of a run's last checkpoint (3D Gaussians, a field, ...)."""
+    from recon.train import load_representations
+
     ckpt = Path(run_dir) / "ckpt" / "last.pt"
     if not ckpt.is_file():
         raise UserError(f"{run_dir} has no checkpoint (ckpt/last.pt); run or resume `sds3d generate` first")
-    payload = torch.load(ckpt, map_location="cpu", weights_only=False)
-    return GaussianModel(payload["splats"], payload["sh_degree"])
+    modules = load_representations(ckpt)
+    if len(modules) != 1:
+        raise UserError(
+            f"{run_dir} holds several representations ({sorted(modules)}); load them with "
+            "recon.train.load_representations"
+        )
+    return next(iter(modules.values()))
 
 
 def export_run(

@@ -1,11 +1,20 @@
 """The one optimization loop every pipeline configures.
 
 A pipeline describes its run as a list of :class:`Stage` s — each a camera/batch sampler, a render
-function and named, weighted loss terms — and :class:`Trainer` does the rest: one Adam per
-parameter tensor (the layout gsplat's strategies expect) with per-group learning-rate schedules,
-densification hooks, a NaN/Inf guard (skip the step, log it, never checkpoint broken values),
-periodic atomic checkpoints (``ckpt/last.pt``) with exact resume (RNG states included), a tqdm bar
-and per-stage metrics in ``metrics.json``. Deterministic on CPU for a given seed.
+function, named weighted loss terms, the parameter groups it trains and optional auxiliary
+trainables — and :class:`Trainer` does the rest over **any representation**: one ``nn.Module``
+(3D Gaussians, a density or SDF field, a textured mesh, ...) or several named ones in one run
+(hand Gaussians + object Gaussians + per-frame poses).
+
+A representation exposes named parameter groups with default learning rates
+(``parameter_groups()`` / ``default_learning_rates()``; a plain module is one group ``params``)
+and, when its parameters can change shape (densification), ``checkpoint_state()`` /
+``load_checkpoint_state()``. The loop keeps one Adam per group — for Gaussians one per tensor, the
+layout gsplat's strategies expect — with per-group learning-rate schedules, densification hooks
+bound to one Gaussian module, a NaN/Inf guard (skip the step, log it, never checkpoint broken
+values), periodic atomic checkpoints (``ckpt/last.pt``) of every module and optimizer with exact
+resume (RNG states included), a tqdm bar and per-stage metrics in ``metrics.json``.
+Deterministic on CPU for a given seed.
 """
 
 from __future__ import annotations
@@ -14,7 +23,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +37,8 @@ from recon.errors import UserError
 from recon.gaussians import DensifyConfig, GaussianModel, make_strategy
 
 log = logging.getLogger("sds3d.train")
+
+CHECKPOINT_VERSION = 2
 
 
 @dataclass
@@ -47,21 +58,119 @@ class LearningRate:
 
 def default_learning_rates(scene_scale: float = 1.0) -> dict[str, LearningRate]:
     """The 3DGS paper's learning rates (Kerbl et al. 2023)."""
-    return {
-        "means": LearningRate(1.6e-4 * scene_scale, 1.6e-6 * scene_scale),
-        "scales": LearningRate(5e-3),
-        "quats": LearningRate(1e-3),
-        "opacities": LearningRate(5e-2),
-        "sh0": LearningRate(2.5e-3),
-        "shN": LearningRate(2.5e-3 / 20),
-    }
+    return _as_learning_rates(GaussianModel.default_learning_rates(scene_scale))
+
+
+def _as_learning_rates(values: Mapping[str, Any]) -> dict[str, LearningRate]:
+    out = {}
+    for name, v in values.items():
+        if isinstance(v, LearningRate):
+            out[name] = v
+        elif isinstance(v, tuple):
+            out[name] = LearningRate(*v)
+        else:
+            out[name] = LearningRate(float(v))
+    return out
+
+
+# ---------------------------------------------------------------------------- representations
+def parameter_groups(module: torch.nn.Module) -> dict[str, list[Tensor]]:
+    """A representation's named parameter groups (a plain module: one group ``params``)."""
+    if hasattr(module, "parameter_groups"):
+        return dict(module.parameter_groups())
+    params = [p for p in module.parameters() if p.requires_grad]
+    return {"params": params} if params else {}
+
+
+def module_learning_rates(module: torch.nn.Module, scene_scale: float = 1.0) -> dict[str, LearningRate]:
+    """A representation's default learning rates by group (a plain module: 1e-3)."""
+    if isinstance(module, GaussianModel):
+        return _as_learning_rates(module.default_learning_rates(scene_scale))
+    if hasattr(module, "default_learning_rates"):
+        return _as_learning_rates(module.default_learning_rates())
+    return {name: LearningRate(1e-3) for name in parameter_groups(module)}
+
+
+def module_state(module: torch.nn.Module) -> dict[str, Any]:
+    """What a checkpoint keeps of a representation."""
+    if hasattr(module, "checkpoint_state"):
+        return module.checkpoint_state()
+    return {"state_dict": {k: v.detach().clone() for k, v in module.state_dict().items()}}
+
+
+def load_module_state(module: torch.nn.Module, state: dict[str, Any]) -> None:
+    """Restores :func:`module_state` into ``module`` in place."""
+    if hasattr(module, "load_checkpoint_state"):
+        module.load_checkpoint_state(state)
+    else:
+        module.load_state_dict(state["state_dict"])
+
+
+def representation_classes() -> dict[str, type]:
+    """Representations a checkpoint can be rebuilt into without the pipeline that made it."""
+    classes: dict[str, type] = {"GaussianModel": GaussianModel}
+    try:  # fields and meshes are optional parts of the core; import only what exists
+        from recon import fields
+
+        for name in ("DensityField", "SDFField"):
+            if hasattr(fields, name):
+                classes[name] = getattr(fields, name)
+    except ImportError:  # pragma: no cover - recon.fields always ships with sds3d
+        pass
+    try:
+        from recon.render.mesh import TexturedMesh
+
+        classes["TexturedMesh"] = TexturedMesh
+    except ImportError:  # pragma: no cover
+        pass
+    return classes
+
+
+def load_representations(path: str | Path, names: list[str] | None = None) -> dict[str, torch.nn.Module]:
+    """The representations of a checkpoint by module name (``""`` for a single-module run).
+
+    Args:
+        path: A ``ckpt/last.pt``.
+        names: Load only these modules (default: all; a plain module needs its pipeline to be rebuilt).
+
+    Raises:
+        UserError: when the file is missing, unreadable or holds an unknown representation.
+    """
+    path = Path(path)
+    payload = read_checkpoint(path)
+    if "modules" not in payload:  # version 1: Gaussians only
+        return {"": GaussianModel(payload["splats"], payload["sh_degree"])}
+    classes = representation_classes()
+    out = {}
+    for name, entry in payload["modules"].items():
+        if names is not None and name not in names:
+            continue
+        cls = classes.get(entry["kind"])
+        if cls is None or not hasattr(cls, "from_checkpoint_state"):
+            raise UserError(
+                f"checkpoint {path} holds a {entry['kind']} that this sds3d cannot load; update sds3d"
+            )
+        out[name] = cls.from_checkpoint_state(entry["state"])
+    return out
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise UserError(f"no checkpoint at {path}; start a new run instead of resuming")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same clear error
+        raise UserError(f"cannot read checkpoint {path} ({err}); start a new run") from err
+    if not isinstance(payload, dict) or "stage_index" not in payload:
+        raise UserError(f"{path} is not an sds3d checkpoint; start a new run")
+    return payload
 
 
 @dataclass
 class StepContext:
     """What a loss term sees at one step."""
 
-    model: GaussianModel
+    model: Any  # the representation (a module, or a ModuleDict of the named modules of the run)
     batch: Any
     render: Any  # whatever the stage's render function returned (usually a RenderOutput)
     stage: str
@@ -87,6 +196,33 @@ class LossTerm:
 
 
 @dataclass
+class Auxiliary:
+    """A trainable beside the scene with its own optimizer and loss (e.g. a prior being fine-tuned).
+
+    The scene's gradient never reaches it: its parameters are frozen while the scene's losses are
+    computed and back-propagated, and only its own ``loss`` trains it, every ``every`` steps, after the
+    scene's update (bootstrapped score distillation fine-tunes a copy of the prior this way).
+    """
+
+    name: str
+    module: torch.nn.Module
+    loss: Callable[[StepContext], Tensor]
+    """``ctx -> scalar``; ``ctx.render`` is the scene's render of this step (detach what you use)."""
+    learning_rate: float = 1e-5
+    every: int = 1
+    """Steps between two updates (1: every step)."""
+    parameters: Callable[[torch.nn.Module], list[Tensor]] | None = None
+    """Which of the module's parameters train (default: all that require grad), e.g. LoRA weights."""
+    weight_decay: float = 0.0
+    """AdamW weight decay (0: plain Adam behaviour)."""
+
+    def trainable(self) -> list[Tensor]:
+        if self.parameters is not None:
+            return list(self.parameters(self.module))
+        return [p for p in self.module.parameters() if p.requires_grad]
+
+
+@dataclass
 class Stage:
     """One stage of a run."""
 
@@ -94,15 +230,22 @@ class Stage:
     steps: int
     sample: Callable[[int, torch.Generator], Any]
     """``(step, generator) -> batch`` (cameras, targets, ...)."""
-    render: Callable[[GaussianModel, Any], Any]
+    render: Callable[[Any, Any], Any]
     """``(model, batch) -> render output`` (must expose ``.meta`` when densifying)."""
     losses: list[LossTerm]
     learning_rates: dict[str, LearningRate] | None = None
     """Per parameter group; ``None`` keeps the previous stage's (or the defaults)."""
     densify: DensifyConfig | None = None
     """Densification for this stage (``None``: off)."""
-    on_step_end: Callable[[GaussianModel, int], None] | None = None
+    on_step_end: Callable[[Any, int], None] | None = None
     """A hook after each optimizer step (e.g. clamping)."""
+    train: tuple[str, ...] | None = None
+    """Parameter groups (or whole modules, by name) this stage trains; the rest stay frozen.
+    ``None``: all of them."""
+    densify_module: str = ""
+    """Which module of a multi-module run the densification strategy is bound to."""
+    auxiliaries: list[Auxiliary] = field(default_factory=list)
+    """Trainables with their own optimizer and loss (see :class:`Auxiliary`)."""
 
 
 @dataclass
@@ -150,9 +293,23 @@ class TrainState:
 
 
 class Trainer:
-    """Runs stages over a :class:`GaussianModel`, with checkpoints in ``run_dir/ckpt``."""
+    """Runs stages over one representation or several named ones, with checkpoints in ``run_dir/ckpt``.
 
-    def __init__(self, model: GaussianModel, stages: list[Stage], run_dir: str | Path, config: TrainConfig):
+    Args:
+        model: An ``nn.Module`` (parameter groups keep their own names), or a mapping of names to
+            modules (groups are named ``"<module>.<group>"``; ``ctx.model`` is then a ``ModuleDict``).
+        stages: The run's plan.
+        run_dir: Where ``ckpt/last.pt`` and ``metrics.json`` go.
+        config: Loop settings.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module | Mapping[str, torch.nn.Module],
+        stages: list[Stage],
+        run_dir: str | Path,
+        config: TrainConfig,
+    ):
         if not stages:
             raise ValueError("a run needs at least one stage")
         for stage in stages:
@@ -160,33 +317,91 @@ class Trainer:
                 raise UserError(
                     f"stage {stage.name!r} has {stage.steps} steps; give a positive number of steps"
                 )
-        self.model = model
+        if isinstance(model, Mapping):
+            if not model or any(not name or "." in name for name in model):
+                raise ValueError("modules of a run need non-empty names without dots")
+            self.modules: dict[str, torch.nn.Module] = dict(model)
+            self.model: Any = torch.nn.ModuleDict(self.modules)
+        else:
+            self.modules = {"": model}
+            self.model = model
         self.stages = stages
         self.run_dir = Path(run_dir)
         self.config = config
         self.generator = torch.Generator().manual_seed(config.seed)
         torch.manual_seed(config.seed)
-        self.learning_rates = default_learning_rates(config.scene_scale)
+        self.learning_rates: dict[str, LearningRate] = {}
+        for mod_name, module in self.modules.items():
+            for group, lr in module_learning_rates(module, config.scene_scale).items():
+                self.learning_rates[_key(mod_name, group)] = lr
         self.optimizers = self._make_optimizers()
+        self.auxiliaries: dict[str, Auxiliary] = {}
+        for stage in stages:
+            for aux in stage.auxiliaries:
+                if self.auxiliaries.get(aux.name, aux) is not aux:
+                    raise ValueError(f"two different auxiliary trainables are named {aux.name!r}")
+                self.auxiliaries[aux.name] = aux
+        self.aux_optimizers = {
+            name: torch.optim.AdamW(aux.trainable(), lr=aux.learning_rate, weight_decay=aux.weight_decay)
+            for name, aux in self.auxiliaries.items()
+        }
+        for stage in stages:
+            self._check_stage(stage)
         self.state = TrainState()
         self.strategy = None
         self.strategy_state: dict[str, Any] | None = None
         self.bad_steps = 0
         self.hooks = Hooks()
 
+    def _check_stage(self, stage: Stage) -> None:
+        known = set(self.optimizers) | set(self.modules)
+        unknown = sorted(set(stage.train or ()) - known)
+        unknown += sorted(set(stage.learning_rates or {}) - set(self.optimizers))
+        if unknown:
+            raise ValueError(
+                f"stage {stage.name!r} names unknown parameter groups {unknown}; have {sorted(known)}"
+            )
+        if stage.densify is not None and not isinstance(
+            self.modules.get(stage.densify_module), GaussianModel
+        ):
+            raise ValueError(
+                f"stage {stage.name!r} densifies {stage.densify_module!r}, which is not 3D Gaussians"
+            )
+
     # ------------------------------------------------------------------ optimizers
     def _make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {
-            name: torch.optim.Adam(
-                [{"params": [p], "lr": self.learning_rates[name].initial, "name": name}], eps=1e-15
-            )
-            for name, p in self.model.splats.items()
-        }
+        optimizers = {}
+        for mod_name, module in self.modules.items():
+            for group, params in parameter_groups(module).items():
+                key = _key(mod_name, group)
+                if key not in self.learning_rates:
+                    raise ValueError(f"parameter group {key!r} has no default learning rate")
+                optimizers[key] = torch.optim.Adam(
+                    [{"params": list(params), "lr": self.learning_rates[key].initial, "name": group}],
+                    eps=1e-15,
+                )
+        return optimizers
 
     def _set_learning_rates(self, progress: float) -> None:
         for name, opt in self.optimizers.items():
             for group in opt.param_groups:
                 group["lr"] = self.learning_rates[name].at(progress)
+
+    def _trained(self, stage: Stage) -> list[str]:
+        """The optimizer keys a stage steps."""
+        if stage.train is None:
+            return list(self.optimizers)
+        wanted = set(stage.train)
+        return [k for k in self.optimizers if k in wanted or k.split(".", 1)[0] in wanted]
+
+    def _module_optimizers(self, mod_name: str) -> dict[str, torch.optim.Optimizer]:
+        """The optimizers of one module, by its own group names (what a gsplat strategy indexes)."""
+        prefix = f"{mod_name}." if mod_name else ""
+        return {k[len(prefix) :]: o for k, o in self.optimizers.items() if k.startswith(prefix)}
+
+    def _params(self) -> dict[str, list[Tensor]]:
+        """Current parameters by optimizer key (densification replaces tensors in the optimizers)."""
+        return {k: [p for g in o.param_groups for p in g["params"]] for k, o in self.optimizers.items()}
 
     # ------------------------------------------------------------------ checkpoints
     @property
@@ -201,42 +416,65 @@ class Trainer:
 
     def save_checkpoint(self) -> bool:
         """Writes ``ckpt/last.pt`` atomically; refuses non-finite parameters. True when written."""
-        for name, p in self.model.splats.items():
-            if not torch.isfinite(p).all():
+        for name, params in self._params().items():
+            if not all(torch.isfinite(p).all() for p in params):
                 log.warning("not checkpointing: parameter %s holds NaN/Inf", name)
                 return False
         payload = {
-            "version": 1,
+            "version": CHECKPOINT_VERSION,
             "stage_index": self.state.stage_index,
             "stage_step": self.state.stage_step,
             "history": self.state.history,
-            "sh_degree": self.model.sh_degree,
-            "splats": {k: v.detach().clone() for k, v in self.model.splats.items()},
+            "modules": {
+                name: {"kind": type(m).__name__, "state": module_state(m)} for name, m in self.modules.items()
+            },
             "optimizers": {k: opt.state_dict() for k, opt in self.optimizers.items()},
+            "auxiliaries": {
+                name: {"state": module_state(aux.module), "optimizer": self.aux_optimizers[name].state_dict()}
+                for name, aux in self.auxiliaries.items()
+            },
             "strategy_state": self.strategy_state,
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
         }
+        if set(self.modules) == {""} and isinstance(self.model, GaussianModel):
+            # Version 1's top-level keys, for readers of the Gaussians-only layout; the same objects, so
+            # pickling stores the tensors once.
+            state = payload["modules"][""]["state"]
+            payload["splats"], payload["sh_degree"] = state["splats"], state["sh_degree"]
         atomic_torch_save(payload, self.checkpoint_path)
         if self.hooks.on_checkpoint is not None:
             self.hooks.on_checkpoint(self.checkpoint_path, self.global_step)
         return True
 
     def load_checkpoint(self, path: str | Path | None = None) -> None:
-        """Restores model, optimizers, strategy and RNG state from a checkpoint."""
+        """Restores every module, optimizer, auxiliary trainable, the strategy and RNG state."""
         path = Path(path) if path is not None else self.checkpoint_path
-        if not path.is_file():
-            raise UserError(f"no checkpoint at {path}; start a new run instead of resuming")
+        payload = read_checkpoint(path)
+        if "modules" not in payload:  # version 1: one Gaussian model
+            payload["modules"] = {"": {"kind": "GaussianModel", "state": payload}}
+        if set(payload["modules"]) != set(self.modules):
+            raise UserError(
+                f"checkpoint {path} holds modules {sorted(payload['modules'])}, this run has "
+                f"{sorted(self.modules)}; resume it with the settings it was made with"
+            )
         try:
-            payload = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as err:  # noqa: BLE001 - any unreadable file gets the same clear error
-            raise UserError(f"cannot read checkpoint {path} ({err}); start a new run") from err
-        restored = GaussianModel(payload["splats"], payload["sh_degree"])
-        self.model.sh_degree = restored.sh_degree
-        self.model.splats = restored.splats
-        self.optimizers = self._make_optimizers()
-        for name, opt in self.optimizers.items():
-            opt.load_state_dict(payload["optimizers"][name])
+            for name, module in self.modules.items():
+                load_module_state(module, payload["modules"][name]["state"])
+            self.optimizers = self._make_optimizers()
+            for name, opt in self.optimizers.items():
+                opt.load_state_dict(payload["optimizers"][name])
+            for name, aux in self.auxiliaries.items():
+                load_module_state(aux.module, payload["auxiliaries"][name]["state"])
+                self.aux_optimizers[name] = torch.optim.AdamW(
+                    aux.trainable(), lr=aux.learning_rate, weight_decay=aux.weight_decay
+                )
+                self.aux_optimizers[name].load_state_dict(payload["auxiliaries"][name]["optimizer"])
+        except (KeyError, RuntimeError, ValueError) as err:
+            raise UserError(
+                f"checkpoint {path} does not fit this run ({type(err).__name__}: {err}); "
+                "resume it with the settings it was made with, or start a new run"
+            ) from err
         self.strategy_state = payload["strategy_state"]
         self.generator.set_state(payload["generator"])
         torch.set_rng_state(payload["torch_rng"])
@@ -272,7 +510,8 @@ class Trainer:
             self.learning_rates.update(stage.learning_rates)
         self.strategy = make_strategy(stage.densify) if stage.densify is not None else None
         if self.strategy is not None:
-            self.strategy.check_sanity(self.model.splats, self.optimizers)
+            gaussians = self.modules[stage.densify_module]
+            self.strategy.check_sanity(gaussians.splats, self._module_optimizers(stage.densify_module))
             if self.strategy_state is None:
                 self.strategy_state = self.strategy.initialize_state(scene_scale=self.config.scene_scale)
         stats = self.state.history.setdefault(
@@ -323,11 +562,18 @@ class Trainer:
         log.info("stage %s done: %s", stage.name, {k: v for k, v in stats.items() if k != "loss"})
 
     def _summarise(self, stats: dict[str, Any], recent: dict[str, list[float]]) -> None:
-        stats["num_gaussians"] = len(self.model)
+        gaussians = [m for m in self.modules.values() if isinstance(m, GaussianModel)]
+        if gaussians:
+            stats["num_gaussians"] = sum(len(m) for m in gaussians)
         stats["loss"] = {k: sum(v[-50:]) / len(v[-50:]) for k, v in recent.items() if v}
 
     def _step(self, stage: Stage, step: int, progress: float) -> dict[str, float] | None:
         self._set_learning_rates(progress)
+        aux_params = [
+            p for aux in stage.auxiliaries for p in self.aux_optimizers[aux.name].param_groups[0]["params"]
+        ]
+        for p in aux_params:  # the scene's gradient never reaches an auxiliary trainable
+            p.requires_grad_(False)
         batch = stage.sample(step, self.generator)
         output = stage.render(self.model, batch)
         ctx = StepContext(self.model, batch, output, stage.name, step, progress, self.generator)
@@ -341,27 +587,75 @@ class Trainer:
             values[term.name] = float(loss.detach())
         if self.strategy is not None:
             self.strategy.step_pre_backward(
-                self.model.splats, self.optimizers, self.strategy_state, step, output.meta
+                self.modules[stage.densify_module].splats,
+                self._module_optimizers(stage.densify_module),
+                self.strategy_state,
+                step,
+                output.meta,
             )
         for opt in self.optimizers.values():
             opt.zero_grad(set_to_none=True)
         if not torch.isfinite(total):
             return self._skip(stage, step, "loss is not finite")
         total.backward()
-        for name, p in self.model.splats.items():
-            if p.grad is not None and not torch.isfinite(p.grad).all():
-                return self._skip(stage, step, f"gradient of {name} is not finite")
-        for opt in self.optimizers.values():
-            opt.step()
+        trained = self._trained(stage)
+        params = self._params()
+        for name in trained:
+            for p in params[name]:
+                if p.grad is not None and not torch.isfinite(p.grad).all():
+                    return self._skip(stage, step, f"gradient of {name} is not finite")
+        for name in trained:
+            self.optimizers[name].step()
         if self.strategy is not None:
             self.strategy.step_post_backward(
-                self.model.splats, self.optimizers, self.strategy_state, step, output.meta, packed=False
+                self.modules[stage.densify_module].splats,
+                self._module_optimizers(stage.densify_module),
+                self.strategy_state,
+                step,
+                output.meta,
+                packed=False,
             )
         if stage.on_step_end is not None:
             stage.on_step_end(self.model, step)
         self.bad_steps = 0
         values["total"] = float(total.detach())
+        for aux in stage.auxiliaries:
+            if step % aux.every == 0:
+                aux_loss = self._auxiliary_step(aux, ctx)
+                if aux_loss is not None:
+                    values[aux.name] = aux_loss
         return values
+
+    def _auxiliary_step(self, aux: Auxiliary, ctx: StepContext) -> float | None:
+        opt = self.aux_optimizers[aux.name]
+        params = opt.param_groups[0]["params"]
+        for p in params:
+            p.requires_grad_(True)
+        try:
+            opt.zero_grad(set_to_none=True)
+            loss = aux.loss(ctx)
+            if not torch.isfinite(loss):
+                log.warning(
+                    "stage %s step %d: auxiliary %s loss not finite; skipped", ctx.stage, ctx.step, aux.name
+                )
+                return None
+            loss.backward()
+            if any(p.grad is not None and not torch.isfinite(p.grad).all() for p in params):
+                log.warning(
+                    "stage %s step %d: auxiliary %s gradient not finite; skipped",
+                    ctx.stage,
+                    ctx.step,
+                    aux.name,
+                )
+                opt.zero_grad(set_to_none=True)
+                return None
+            opt.step()
+            return float(loss.detach())
+        finally:
+            for p in params:
+                p.requires_grad_(False)
+            for opt_scene in self.optimizers.values():  # what the auxiliary loss left on the scene
+                opt_scene.zero_grad(set_to_none=True)
 
     def _skip(self, stage: Stage, step: int, why: str) -> None:
         for opt in self.optimizers.values():
@@ -374,6 +668,10 @@ class Trainer:
                 "lower the learning rates or the guidance scale and resume from the last checkpoint"
             )
         return None
+
+
+def _key(module: str, group: str) -> str:
+    return f"{module}.{group}" if module else group
 
 
 def psnr(a: Tensor, b: Tensor) -> float:

@@ -221,12 +221,13 @@ def _rasterize_gsplat(
 
 @dataclass
 class RenderOutput:
-    """Images of a Gaussian scene from a batch of cameras."""
+    """Images of a scene (Gaussians, a field, a mesh) from a batch of cameras; every renderer returns it."""
 
     rgb: Tensor  # [C, H, W, 3]
     alpha: Tensor  # [C, H, W, 1]
     depth: Tensor | None  # [C, H, W, 1] expected z-depth, when asked for
     meta: dict[str, Any]
+    normals: Tensor | None = None  # [C, H, W, 3] expected world-space normals, where defined
 
 
 def render_gaussians(
