@@ -240,11 +240,25 @@ class OccupancyGrid(nn.Module):
             binary = F.max_pool3d(binary[None, None].float(), k, stride=1, padding=dilate)[0, 0] > 0
         self.binary.copy_(binary)
 
-    def query(self, points: Tensor) -> Tensor:
-        """Whether each point ``[..., 3]`` lies in an occupied cell (false outside the box) ``[...]``."""
+    def query(self, points: Tensor, inside_box: bool = False) -> Tensor:
+        """Whether each point ``[..., 3]`` lies in an occupied cell ``[...]``.
+
+        Args:
+            points: World points.
+            inside_box: The caller guarantees the points lie in the box (ray samples clipped to it):
+                skip the outside test (points on the faces count in the border cells).
+
+        Returns:
+            Occupancy per point (false outside the box).
+        """
         R = self.resolution
         lo, hi = self.aabb[:3], self.aabb[3:]
-        ijk = torch.floor((points - lo) * (R / (hi - lo))).long()  # [..., 3]
+        u = (points - lo) * (R / (hi - lo))  # [..., 3] in cell units
+        if inside_box:
+            ijk = u.clamp(0.0, R - 1).long()
+            flat = (ijk[..., 0] * R + ijk[..., 1]) * R + ijk[..., 2]
+            return self.binary.view(-1)[flat]
+        ijk = torch.floor(u).long()
         inside = ((ijk >= 0) & (ijk < R)).all(dim=-1)
         ijk = ijk.clamp(0, R - 1)
         flat = (ijk[..., 0] * R + ijk[..., 1]) * R + ijk[..., 2]
@@ -395,7 +409,7 @@ def _render_rays_cpu(
     scatter = None
     n_eval = points.shape[0] * S
     if occupancy is not None and n_eval:
-        mask = occupancy.query(points)  # [Rh, S]
+        mask = occupancy.query(points, inside_box=True)  # [Rh, S]
         keep = mask.any(dim=-1)
         if not bool(keep.all()):
             rows, mask = rows[keep], mask[keep]
