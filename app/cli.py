@@ -24,6 +24,7 @@ from app.commands.export import ExportCommand
 from app.commands.generate import GenerateCommand
 from app.commands.prior import PriorCommand
 from app.commands.reconstruct import ReconstructCommand
+from app.presets import preset_default
 from recon.errors import UserError
 
 Commands = Union[  # noqa: UP007 - tyro reads the Union
@@ -38,7 +39,14 @@ Commands = Union[  # noqa: UP007 - tyro reads the Union
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``sds3d`` console script."""
-    command = tyro.cli(Commands, args=argv, prog="sds3d")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        default = preset_default(argv, {"generate": GenerateCommand, "reconstruct": ReconstructCommand})
+    except UserError as err:
+        print(f"sds3d: error: {err}", file=sys.stderr)
+        return 2
+    extra = {"default": default} if default is not None else {}
+    command = tyro.cli(Commands, args=argv, prog="sds3d", **extra)
     try:
         return int(command.run() or 0)
     except UserError as err:

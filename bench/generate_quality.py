@@ -9,7 +9,8 @@ the chosen prior, then judges the exported ``model.glb`` independently of the pi
 * color: the mean texture color at the visible ray hits (UV lookup) is compared with the mean color
   of the prompted shape rendered in each vocabulary color (same shading); the nearest is predicted.
 
-Usage: python bench/generate_quality.py [--n 10] [--steps 300] [--prior embedded] [--out DIR]
+Usage: python bench/generate_quality.py [--n 10] [--steps 300] [--prior embedded] [--representation nerf]
+[--out DIR]
 Prints a table, then as its LAST line JSON {"shape_acc", "color_acc", "median_s"}.
 """
 
@@ -93,6 +94,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=10, help=f"number of prompts (max {len(PROMPTS)})")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--prior", default="embedded")
+    parser.add_argument("--representation", choices=["gaussians", "nerf"], default="gaussians")
     parser.add_argument("--out", type=Path, default=None, help="keep the runs here (default: a temp dir)")
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="sds3d-quality-"))
@@ -100,7 +102,13 @@ def main() -> None:
     print(f"{'prompt':<22}{'shape':>10}{'iou':>7}{'color':>9}{'seconds':>9}")
     for color, shape in PROMPTS[: args.n]:
         prompt = caption(shape, color)
-        config = StableDreamerConfig(prompt=prompt, prior=args.prior, steps=args.steps, progress_bar=False)
+        config = StableDreamerConfig(
+            prompt=prompt,
+            prior=args.prior,
+            steps=args.steps,
+            representation=args.representation,
+            progress_bar=False,
+        )
         started = time.perf_counter()
         run_dir = generate(config, out_root=out)
         seconds = time.perf_counter() - started
@@ -113,6 +121,7 @@ def main() -> None:
         "shape_acc": round(sum(r["pred_shape"] == r["shape"] for r in rows) / len(rows), 3),
         "color_acc": round(sum(r["pred_color"] == r["color"] for r in rows) / len(rows), 3),
         "median_s": round(statistics.median(r["seconds"] for r in rows), 1),
+        "representation": args.representation,
     }
     print(f"runs kept in {out}")
     print(json.dumps(result))

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import logging
 import re
 import shutil
@@ -52,38 +53,121 @@ def config_to_dict(config: Any) -> dict[str, Any]:
             return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
         if isinstance(v, (tuple, list)):
             return [plain(x) for x in v]
+        if isinstance(v, Path):
+            return str(v)
         return v
 
     return plain(config)
 
 
-def config_from_dict(cls: type, data: dict[str, Any]) -> Any:
-    """Rebuilds a (nested) config dataclass from plain data, checking field names."""
+def config_from_dict(cls: type, data: Any, where: str = "") -> Any:
+    """Rebuilds a (nested) config dataclass from plain data (YAML), checking every name and type.
+
+    Raises:
+        UserError: naming the key (dotted, e.g. ``sds.guidance_scale``) that is unknown or has a value of
+            the wrong type.
+    """
+    if not isinstance(data, dict):
+        raise UserError(f"{where or cls.__name__} must be a mapping of settings, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(data) - names
+    unknown = sorted(set(data) - names)
     if unknown:
-        raise UserError(f"unknown {cls.__name__} settings: {sorted(unknown)}")
-    kwargs = {k: _coerce(hints[k], v) for k, v in data.items()}
+        keys = ", ".join(f"{where}{k}" for k in unknown)
+        close = {k: difflib.get_close_matches(str(k), names, n=1) for k in unknown}
+        hint = "; ".join(f"did you mean {where}{m[0]}?" for m in close.values() if m)
+        raise UserError(f"unknown {cls.__name__} setting(s): {keys}" + (f" ({hint})" if hint else ""))
+    kwargs = {k: _coerce(hints[k], v, f"{where}{k}") for k, v in data.items()}
     return cls(**kwargs)
 
 
-def _coerce(tp: Any, value: Any) -> Any:
+def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp) and isinstance(value, dict):
-        return config_from_dict(tp, value)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
     if origin in (typing.Union, types.UnionType):
-        for arg in typing.get_args(tp):
-            if arg is type(None) and value is None:
-                return None
-        for arg in typing.get_args(tp):
-            if arg is not type(None):
-                return _coerce(arg, value)
-    if origin is tuple and isinstance(value, list):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is tuple:
         args = typing.get_args(tp)
         if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(args[0], v) for v in value)
-        return tuple(_coerce(a, v) for a, v in zip(args, value))
+            return f"a list of {_type_name(args[0])}"
+        return f"a list of {len(args)} values ({', '.join(_type_name(a) for a in args)})"
+    if tp is type(None):
+        return "null"
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string", Path: "a path"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
+
+
+class _MismatchError(Exception):
+    pass
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    try:
+        return _coerce_or_raise(tp, value, key)
+    except _MismatchError:
+        raise UserError(f"setting {key} must be {_type_name(tp)}, got {value!r}") from None
+
+
+def _coerce_or_raise(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise _MismatchError
+        return config_from_dict(tp, value, f"{key}.")
+    if origin is typing.Literal:
+        if value not in typing.get_args(tp) or isinstance(value, bool) != any(
+            isinstance(a, bool) for a in typing.get_args(tp)
+        ):
+            raise _MismatchError
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce_or_raise(arg, value, key)
+            except _MismatchError:
+                continue
+        raise _MismatchError
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise _MismatchError
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce_or_raise(args[0], v, key) for v in value)
+        if len(args) != len(value):
+            raise _MismatchError
+        return tuple(_coerce_or_raise(a, v, key) for a, v in zip(args, value))
+    if origin in (list, dict) or tp in (list, dict):
+        if not isinstance(value, origin or tp):
+            raise _MismatchError
+        return value
+    if tp is type(None):
+        if value is not None:
+            raise _MismatchError
+        return None
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise _MismatchError
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _MismatchError
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _MismatchError
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise _MismatchError
+        return value
+    if tp is Path:
+        if not isinstance(value, (str, Path)):
+            raise _MismatchError
+        return Path(value)
     return value
 
 
@@ -93,13 +177,36 @@ def save_config(config: Any, run_dir: Path, pipeline: str) -> None:
 
 
 def load_config(run_dir: str | Path) -> tuple[str, dict[str, Any]]:
+    """The pipeline name and plain settings of a run folder's ``config.yaml``."""
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise UserError(
             f"{run_dir} is not an sds3d run folder (no config.yaml); pass the folder `generate` printed"
         )
-    data = yaml.safe_load(path.read_text())
-    return data["pipeline"], data["config"]
+    return read_pipeline_yaml(path)
+
+
+def read_pipeline_yaml(path: Path) -> tuple[str, dict[str, Any]]:
+    """``{pipeline: NAME, config: {...}}`` from a run's config.yaml or a preset.
+
+    Raises:
+        UserError: when the file is not YAML of that shape.
+    """
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise UserError(
+            f"cannot read {path} ({type(err).__name__}: {str(err)[:200]}); fix or replace the file"
+        ) from err
+    if not isinstance(data, dict) or not isinstance(data.get("pipeline"), str):
+        raise UserError(f"{path} must hold a mapping with 'pipeline: NAME' and 'config: {{...}}'")
+    unknown = sorted(set(data) - {"pipeline", "config", "description"})
+    if unknown:
+        raise UserError(f"{path}: unknown top-level key(s) {unknown}; use pipeline, config and description")
+    config = data.get("config") or {}
+    if not isinstance(config, dict):
+        raise UserError(f"{path}: 'config' must be a mapping of settings")
+    return data["pipeline"], config
 
 
 # ---------------------------------------------------------------- results
@@ -140,6 +247,12 @@ def export_run(
     if bad:
         raise UserError(f"unknown export format(s) {bad}; choose from {list(EXPORT_FORMATS)}")
     model = load_model(run_dir)
+    gaussians = isinstance(model, GaussianModel)
+    if not gaussians:  # splat files need Gaussians; a field or mesh exports its mesh only
+        skipped = [f for f in formats if f in ("ply", "splat")]
+        if skipped:
+            log.info("not writing %s: the run's representation is a %s", skipped, type(model).__name__)
+        formats = tuple(f for f in formats if f not in ("ply", "splat"))
     out = Path(run_dir) / "export"
     out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
@@ -154,25 +267,30 @@ def export_run(
         from recon.mesh import MeshExportConfig, export_mesh
         from recon.mesh.gaussian_field import GaussianDensityField
 
+        pipeline, settings = load_config(run_dir) if (Path(run_dir) / "config.yaml").is_file() else (None, {})
         if method is None:
-            method = "marching_cubes" if _pipeline_of(run_dir) == "stabledreamer" else "tsdf"
+            method = "marching_cubes" if pipeline == "stabledreamer" or not gaussians else "tsdf"
         resolution = 96 if method == "marching_cubes" else 128
+        level = 0.5
+        if gaussians:
+            render_fn = gaussian_render_fn(model)
+        else:
+            render_fn = field_render_fn(model)
+            level = float(settings.get("nerf_mesh_level", 10.0))
         cfg = MeshExportConfig(
             method=method, radius=radius, resolution=resolution, max_faces=faces, texture_size=texture_size,
-            image_size=image_size, n_views=n_views, formats=mesh_formats,
+            image_size=image_size, n_views=n_views, formats=mesh_formats, density_level=level,
         )  # fmt: skip
-        field = None
+        density = None
         if method == "marching_cubes":
             with torch.no_grad():
-                field = GaussianDensityField(model.means, model.quats, model.scales, model.opacities)
-        paths.update(export_mesh(gaussian_render_fn(model), out, cfg, density_fn=field))
+                if gaussians:
+                    density = GaussianDensityField(model.means, model.quats, model.scales, model.opacities)
+                else:
+                    density = model.density_fn()
+        paths.update(export_mesh(render_fn, out, cfg, density_fn=density))
     log.info("exported %s", ", ".join(str(p) for p in paths.values()))
     return paths
-
-
-def _pipeline_of(run_dir: str | Path) -> str | None:
-    path = Path(run_dir) / "config.yaml"
-    return yaml.safe_load(path.read_text()).get("pipeline") if path.is_file() else None
 
 
 def gaussian_render_fn(model: GaussianModel):
@@ -183,6 +301,22 @@ def gaussian_render_fn(model: GaussianModel):
     def render(cameras):
         out = render_gaussians(model, cameras, background=0.0, with_depth=True)
         rgb = out.rgb / out.alpha.clamp_min(1e-6)  # un-premultiply: surface color, not blended
+        return rgb.clamp(0, 1), out.depth, out.alpha
+
+    return render
+
+
+def field_render_fn(field: torch.nn.Module, num_samples: int = 128):
+    """The export chain's render function for a field (black background, expected depth)."""
+    from recon.render.volume import OccupancyGrid, render_field
+
+    occupancy = OccupancyGrid(field.aabb, 64)
+    occupancy.rebuild(field, threshold=1e-4, dilate=1)
+
+    @torch.no_grad()
+    def render(cameras):
+        out = render_field(field, cameras, background=0.0, num_samples=num_samples, occupancy=occupancy)
+        rgb = out.rgb / out.alpha.clamp_min(1e-6)
         return rgb.clamp(0, 1), out.depth, out.alpha
 
     return render

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from tqdm.auto import tqdm
 from recon.atomic import atomic_torch_save, atomic_write_text
 from recon.errors import UserError
 from recon.gaussians import DensifyConfig, GaussianModel, make_strategy
+from recon.metrics import psnr  # noqa: F401 - re-exported: recon.train.psnr predates recon.metrics
 
 log = logging.getLogger("sds3d.train")
 
@@ -301,6 +301,8 @@ class Trainer:
         stages: The run's plan.
         run_dir: Where ``ckpt/last.pt`` and ``metrics.json`` go.
         config: Loop settings.
+        state: Modules without trained parameters whose buffers a resumed run needs (an occupancy
+            grid, running statistics); checkpointed with the run.
     """
 
     def __init__(
@@ -309,6 +311,7 @@ class Trainer:
         stages: list[Stage],
         run_dir: str | Path,
         config: TrainConfig,
+        state: Mapping[str, torch.nn.Module] | None = None,
     ):
         if not stages:
             raise ValueError("a run needs at least one stage")
@@ -326,6 +329,7 @@ class Trainer:
             self.modules = {"": model}
             self.model = model
         self.stages = stages
+        self.extra_state = dict(state or {})
         self.run_dir = Path(run_dir)
         self.config = config
         self.generator = torch.Generator().manual_seed(config.seed)
@@ -433,6 +437,7 @@ class Trainer:
                 name: {"state": module_state(aux.module), "optimizer": self.aux_optimizers[name].state_dict()}
                 for name, aux in self.auxiliaries.items()
             },
+            "extra_state": {name: m.state_dict() for name, m in self.extra_state.items()},
             "strategy_state": self.strategy_state,
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
@@ -470,6 +475,8 @@ class Trainer:
                     aux.trainable(), lr=aux.learning_rate, weight_decay=aux.weight_decay
                 )
                 self.aux_optimizers[name].load_state_dict(payload["auxiliaries"][name]["optimizer"])
+            for name, module in self.extra_state.items():
+                module.load_state_dict(payload["extra_state"][name])
         except (KeyError, RuntimeError, ValueError) as err:
             raise UserError(
                 f"checkpoint {path} does not fit this run ({type(err).__name__}: {err}); "
@@ -672,8 +679,3 @@ class Trainer:
 
 def _key(module: str, group: str) -> str:
     return f"{module}.{group}" if module else group
-
-
-def psnr(a: Tensor, b: Tensor) -> float:
-    mse = float(((a - b) ** 2).mean())
-    return float("inf") if mse == 0 else -10.0 * math.log10(mse)

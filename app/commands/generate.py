@@ -4,19 +4,35 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 import tyro
 
+from app.presets import PresetCommand
+
 
 @dataclass
-class GenerateCommand:
+class GenerateCommand(PresetCommand):
     """Make a 3D asset from a text prompt (optimization + export of GLB, OBJ, splats)."""
+
+    PRESET_PIPELINES: ClassVar[tuple[str, ...]] = ("stabledreamer",)
+    PRESET_FIELDS: ClassVar[dict[str, str]] = {
+        name: name
+        for name in (
+            "prompt", "representation", "prior", "color_prior", "allow_download", "steps", "seed",
+            "checkpoint_every",
+        )
+    }  # fmt: skip
 
     prompt: Annotated[str, tyro.conf.Positional] = ""
     """What to make, e.g. "a red cube"."""
+    config: Path | None = None
+    """A preset: a YAML file or the name of one in configs/ (stabledreamer, stabledreamer-nerf,
+    stabledreamer-if-sd); the flags you give override it."""
     pipeline: Literal["stabledreamer"] = "stabledreamer"
     """The method."""
+    representation: Literal["gaussians", "nerf"] = "gaussians"
+    """What is optimized: 3D Gaussians or a NeRF density field."""
     prior: str = "embedded"
     """Diffusion prior: embedded (no download, CPU-friendly), embedded-exemplar, embedded-unet,
     embedded-unet-latent, a hub id (e.g. stabilityai/stable-diffusion-2-1-base) or a local diffusers
@@ -51,11 +67,7 @@ class GenerateCommand:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
         config = None
         if self.resume is None:
-            config = StableDreamerConfig(
-                prompt=self.prompt, prior=self.prior, color_prior=self.color_prior,
-                allow_download=self.allow_download, steps=self.steps, seed=self.seed,
-                checkpoint_every=self.checkpoint_every,
-            )  # fmt: skip
+            config = self.pipeline_config(StableDreamerConfig())
         run_dir = generate(
             config, self.pipeline, self.out, resume=self.resume, export=not self.no_export,
             export_options={"faces": self.faces, "texture_size": self.texture_size},

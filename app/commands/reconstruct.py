@@ -4,17 +4,30 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 import tyro
 
+from app.presets import PresetCommand
+
 
 @dataclass
-class ReconstructCommand:
+class ReconstructCommand(PresetCommand):
     """Reconstruct a scene from a video or posed images (3D Gaussians, held-out metrics, GLB/OBJ/splats)."""
+
+    PRESET_PIPELINES: ClassVar[tuple[str, ...]] = ("video_recon",)
+    PRESET_FIELDS: ClassVar[dict[str, str]] = {
+        "max_frames": "scene.keyframes.max_keyframes",
+        "steps": "steps",
+        "resolution": "scene.resolution",
+        "seed": "seed",
+        "holdout_every": "holdout_every",
+    }
 
     input: Annotated[Path, tyro.conf.Positional]
     """A video (mp4, mov, ...), an image folder, a transforms.json or a COLMAP folder (sparse/0 + images)."""
+    config: Path | None = None
+    """A preset: a YAML file or the name of one in configs/ (video-recon); the flags you give override it."""
     out: Path = Path("outputs")
     """Root of the output tree (the run goes to OUT/video_recon/<name>-<time>)."""
     max_frames: int = 60
@@ -30,10 +43,10 @@ class ReconstructCommand:
     no_export: bool = False
     """Skip the mesh / splat export."""
 
-    def config(self):
-        from recon.pipelines.video_recon import reconstruct_config
+    def video_config(self):
+        from recon.pipelines.video_recon import VideoReconConfig
 
-        return reconstruct_config(self.max_frames, self.steps, self.resolution, self.seed, self.holdout_every)
+        return self.pipeline_config(VideoReconConfig())
 
     def run(self) -> int:
         import logging
@@ -41,7 +54,7 @@ class ReconstructCommand:
         from recon.pipelines.video_recon import reconstruct
 
         logging.basicConfig(level=logging.INFO, format="%(message)s")
-        run_dir = reconstruct(self.input, self.config(), self.out, export=not self.no_export)
+        run_dir = reconstruct(self.input, self.video_config(), self.out, export=not self.no_export)
         print(f"run folder: {run_dir}")
         if not self.no_export:
             print(f"mesh: {run_dir / 'export' / 'model.glb'}")

@@ -106,10 +106,10 @@ def save_turntable(model, path: Path, n: int = 8, size: int = 128) -> Path:
     from PIL import Image
 
     from recon.cameras import orbit_cameras
-    from recon.render import render_gaussians
+    from recon.render import render_scene
 
     with torch.no_grad():
-        rgb = render_gaussians(
+        rgb = render_scene(
             model, orbit_cameras(n, elevation_deg=20.0, distance=3.0, width=size, height=size)
         ).rgb
     strip = (

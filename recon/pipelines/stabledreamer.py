@@ -12,6 +12,11 @@ https://arxiv.org/abs/2312.02189 (no official code; implemented from the paper):
   a pixel and a latent variant).
 * Opacity and scale regularisers against floaters and needle-like Gaussians, and density control
   (gsplat's clone / split / prune).
+
+``representation="nerf"`` runs the same stages on a :class:`~recon.fields.DensityField` instead
+(DreamFusion-style, Poole et al. 2022, https://arxiv.org/abs/2209.14988): a dense feature grid with a
+blob density bias, volume-rendered with stratified samples and occupancy-grid skipping, with an
+opacity-sparsity and a grid total-variation regulariser in place of the Gaussian ones.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -28,8 +33,10 @@ from priors.model import PromptConditioning
 from priors.sds import SDSConfig, SDSLoss
 from recon.cameras import sample_hemisphere_cameras, view_direction_words
 from recon.errors import UserError
+from recon.fields import DensityField, DensityFieldConfig
 from recon.gaussians import DensifyConfig, GaussianModel
 from recon.render import render_gaussians
+from recon.render.volume import OccupancyGrid, render_field
 from recon.train import LearningRate, LossTerm, Stage, StepContext, TrainConfig, Trainer
 
 log = logging.getLogger("sds3d.stabledreamer")
@@ -41,6 +48,8 @@ class StableDreamerConfig:
 
     prompt: str = "a red cube"
     """What to make."""
+    representation: Literal["gaussians", "nerf"] = "gaussians"
+    """What is optimized: 3D Gaussians, or a NeRF density field (dense grid + tiny MLP)."""
     negative_prompt: str = ""
     """Negative prompt for classifier-free guidance."""
     prior: str = "embedded"
@@ -105,6 +114,20 @@ class StableDreamerConfig:
     lr_scales: float = 5e-3
     lr_opacities: float = 5e-2
     lr_colors: float = 1e-2
+    nerf: DensityFieldConfig = field(
+        default_factory=lambda: DensityFieldConfig(radius=1.0, grid_resolution=48, features=8, hidden=32)
+    )
+    """The density field of ``representation="nerf"`` (blob bias on: the shape starts as a ball)."""
+    nerf_samples: int = 64
+    """Samples per ray of ``representation="nerf"`` (stratified during training)."""
+    nerf_sparsity_reg: float = 0.01
+    """Weight of the mean rendered opacity (against a field that fills the view; NeRF only)."""
+    nerf_tv_reg: float = 0.1
+    """Weight of the feature grid's total variation (smooth, floater-free grids; NeRF only)."""
+    nerf_occupancy_resolution: int = 32
+    """Cells per axis of the occupancy grid that skips empty space (NeRF only; 0: off)."""
+    nerf_mesh_level: float = 5.0
+    """Density iso level of the exported mesh's marching cubes (NeRF only)."""
     checkpoint_every: int = 100
     """Steps between checkpoints."""
     progress_bar: bool = True
@@ -186,6 +209,10 @@ def validate(config: StableDreamerConfig) -> None:
         raise UserError(f"geometry_fraction must be in (0, 1], got {config.geometry_fraction}")
     if config.views_per_step <= 0:
         raise UserError(f"views_per_step must be positive, got {config.views_per_step}")
+    if config.representation not in ("gaussians", "nerf"):
+        raise UserError(f"unknown representation {config.representation!r}; choose gaussians or nerf")
+    if config.representation == "nerf" and config.nerf_samples <= 0:
+        raise UserError(f"nerf_samples must be positive, got {config.nerf_samples}")
 
 
 def regularisers(config: StableDreamerConfig) -> list[LossTerm]:
@@ -203,50 +230,99 @@ def regularisers(config: StableDreamerConfig) -> list[LossTerm]:
     return [LossTerm("opacity", opacity, config.opacity_reg), LossTerm("scale", scale, config.scale_reg)]
 
 
+def field_regularisers(config: StableDreamerConfig) -> list[LossTerm]:
+    """Sparsity of the rendered opacity and total variation of the grid (the NeRF's regularisers)."""
+
+    def sparsity(ctx: StepContext):
+        return ctx.render.alpha.mean()
+
+    def tv(ctx: StepContext):
+        return ctx.model.tv_loss()
+
+    return [LossTerm("sparsity", sparsity, config.nerf_sparsity_reg), LossTerm("tv", tv, config.nerf_tv_reg)]
+
+
 def build_trainer(config: StableDreamerConfig, priors: LoadedPriors, run_dir: str | Path) -> Trainer:
     """The model and the two-stage plan of a StableDreamer run."""
     validate(config)
     gen = torch.Generator().manual_seed(config.seed)
-    model = GaussianModel.random_in_sphere(
-        config.num_gaussians, radius=config.init_radius, sh_degree=config.sh_degree,
-        init_opacity=config.init_opacity, generator=gen,
-    )  # fmt: skip
-    # Start every Gaussian gray so that color is learned, not inherited from the random init.
-    with torch.no_grad():
-        model.splats["sh0"].zero_()
+    if config.representation == "nerf":
+        torch.manual_seed(config.seed)  # the field's initial weights
+        model: torch.nn.Module = DensityField(config.nerf)
+        occupancy = (
+            OccupancyGrid(model.aabb, config.nerf_occupancy_resolution)
+            if config.nerf_occupancy_resolution
+            else None
+        )
+        step_size = float((model.aabb[3:] - model.aabb[:3]).norm()) / config.nerf_samples
+        regs = field_regularisers(config)
+    else:
+        model = GaussianModel.random_in_sphere(
+            config.num_gaussians, radius=config.init_radius, sh_degree=config.sh_degree,
+            init_opacity=config.init_opacity, generator=gen,
+        )  # fmt: skip
+        # Start every Gaussian gray so that color is learned, not inherited from the random init.
+        with torch.no_grad():
+            model.splats["sh0"].zero_()
+        occupancy, regs = None, regularisers(config)
+    total_steps = {"geometry": 0}
 
     def stage_for(name: str, prior: Any, steps: int, guidance: float, densify: DensifyConfig | None) -> Stage:
         res = config.resolution or prior.resolution
         sds = SDSLoss(prior, _with_guidance(config.sds, guidance))
         conditioning = ViewConditioning(prior, config)
+        offset = 0 if name == "geometry" else total_steps["geometry"]
 
         def sample(step: int, generator: torch.Generator):
-            return sample_hemisphere_cameras(
+            cameras = sample_hemisphere_cameras(
                 config.views_per_step, config.elevation_range_deg, (-180.0, 180.0), config.distance_range,
                 config.fov_range_deg, res, res, generator=generator,
             )  # fmt: skip
+            if config.representation == "gaussians":
+                return cameras
+            # The field's stratified samples draw from a generator of their own, seeded by the step
+            # (so a resumed run draws what the uninterrupted one did).
+            cameras.jitter = torch.Generator().manual_seed(config.seed * 1_000_003 + offset + step)
+            return cameras
 
-        def render(m: GaussianModel, cameras):
-            return render_gaussians(m, cameras, background=config.background)
+        def render(m, cameras):
+            if config.representation == "gaussians":
+                return render_gaussians(m, cameras, background=config.background)
+            return render_field(
+                m, cameras, background=config.background, num_samples=config.nerf_samples, stratified=True,
+                generator=cameras.jitter, occupancy=occupancy, with_depth=False,
+            )  # fmt: skip
 
         def sds_term(ctx: StepContext):
             images = ctx.render.rgb.permute(0, 3, 1, 2)  # [B, 3, H, W]
             loss, info = sds(images, conditioning(ctx.batch), ctx.progress, generator=ctx.generator)
             return loss, info
 
-        lrs = {
-            "means": LearningRate(config.lr_means, config.lr_means * 0.1),
-            "scales": LearningRate(config.lr_scales),
-            "quats": LearningRate(1e-3),
-            "opacities": LearningRate(config.lr_opacities),
-            "sh0": LearningRate(config.lr_colors),
-            "shN": LearningRate(config.lr_colors / 20),
-        }
+        def update_occupancy(m, step: int) -> None:
+            if occupancy is not None:
+                occupancy.update(
+                    m, offset + step, step_size=step_size, warmup_steps=64, every_n=8, generator=gen
+                )
+
+        if config.representation == "nerf":
+            lrs = None  # the field's own defaults
+            densify = None
+        else:
+            lrs = {
+                "means": LearningRate(config.lr_means, config.lr_means * 0.1),
+                "scales": LearningRate(config.lr_scales),
+                "quats": LearningRate(1e-3),
+                "opacities": LearningRate(config.lr_opacities),
+                "sh0": LearningRate(config.lr_colors),
+                "shN": LearningRate(config.lr_colors / 20),
+            }
         return Stage(
-            name, steps, sample, render, [LossTerm("sds", sds_term), *regularisers(config)], lrs, densify
-        )
+            name, steps, sample, render, [LossTerm("sds", sds_term), *regs], lrs, densify,
+            on_step_end=update_occupancy if occupancy is not None else None,
+        )  # fmt: skip
 
     geometry_steps = max(1, round(config.steps * config.geometry_fraction))
+    total_steps["geometry"] = geometry_steps
     color_steps = config.steps - geometry_steps
     stages = [
         stage_for("geometry", priors.geometry, geometry_steps, config.sds.guidance_scale, config.densify)
@@ -257,7 +333,8 @@ def build_trainer(config: StableDreamerConfig, priors: LoadedPriors, run_dir: st
     train_config = TrainConfig(
         seed=config.seed, checkpoint_every=config.checkpoint_every, progress_bar=config.progress_bar
     )
-    return Trainer(model, stages, run_dir, train_config)
+    state = {"occupancy": occupancy} if occupancy is not None else None
+    return Trainer(model, stages, run_dir, train_config, state=state)
 
 
 def _with_guidance(sds: SDSConfig, guidance: float) -> SDSConfig:

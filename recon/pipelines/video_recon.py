@@ -1,10 +1,16 @@
-"""Reconstruction from video or posed images: 3D Gaussian Splatting fitted to keyframes.
+"""Reconstruction from video or posed images: 3D Gaussian Splatting or a NeRF fitted to keyframes.
 
 Kerbl et al., "3D Gaussian Splatting for Real-Time Radiance Field Rendering", SIGGRAPH 2023,
 https://arxiv.org/abs/2308.04079: Gaussians initialised from the SfM points, an L1 + D-SSIM
 photometric loss, adaptive density control, and SH degree raised one band at a time. Every
 ``holdout_every``-th view is held out; PSNR / SSIM on them go into ``metrics.json``. Optionally,
 score distillation on unseen views (off by default) fills what no camera saw.
+
+``representation="nerf"`` fits a :class:`~recon.fields.DensityField` instead (NeRF, Mildenhall et al.
+2020, https://arxiv.org/abs/2003.08934, with DVGO's dense grid, https://arxiv.org/abs/2111.11215):
+each step renders a random batch of rays drawn across every training image (stratified samples,
+occupancy-grid skipping after a warm-up, nerfacc's scheme) with an MSE loss on their colors and a
+small total variation of the grid.
 """
 
 from __future__ import annotations
@@ -16,16 +22,21 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
+from torch import Tensor
 
+from recon.cameras import Cameras
 from recon.data.datasets import SceneConfig, SceneData, load_scene, write_transforms
 from recon.errors import UserError
+from recon.fields import DensityField, DensityFieldConfig
 from recon.gaussians import DensifyConfig, GaussianModel
-from recon.metrics import ssim
-from recon.render import render_gaussians
+from recon.metrics import psnr, ssim
+from recon.render import render_gaussians, render_scene
+from recon.render.volume import OccupancyGrid, render_rays
 from recon.runs import export_run, new_run_dir, save_config
-from recon.train import Hooks, LearningRate, LossTerm, Stage, StepContext, TrainConfig, Trainer, psnr
+from recon.train import Hooks, LearningRate, LossTerm, Stage, StepContext, TrainConfig, Trainer
 
 log = logging.getLogger("sds3d.video_recon")
 
@@ -36,8 +47,10 @@ class VideoReconConfig:
 
     scene: SceneConfig = field(default_factory=SceneConfig)
     """Input loading: keyframes, SfM, resolution, background, normalization."""
+    representation: Literal["gaussians", "nerf"] = "gaussians"
+    """What is fitted: 3D Gaussians, or a NeRF density field (dense grid + small MLP)."""
     steps: int = 1500
-    """Optimization steps (one training view per step)."""
+    """Optimization steps (Gaussians: one training view per step; NeRF: one batch of rays)."""
     seed: int = 0
     """Seed of every random choice."""
     holdout_every: int = 8
@@ -93,6 +106,29 @@ class VideoReconConfig:
     """Side of those views in pixels."""
     progress_bar: bool = True
     """Show tqdm bars."""
+    nerf: DensityFieldConfig = field(
+        default_factory=lambda: DensityFieldConfig(
+            radius=0.0, grid_resolution=64, features=12, hidden=64, density_bias="none"
+        )
+    )
+    """The density field of ``representation="nerf"`` (no blob bias: the scene is not a ball at the origin).
+    ``radius`` 0 takes the half side of its box from the scene: the export radius (the SfM points' 95th
+    percentile radius x 1.1, else 1.2, which covers an object the cameras at distance ~3 look at), kept in
+    [0.5, 2]; a positive ``radius`` is used as given."""
+    nerf_rays_per_step: int = 4096
+    """Rays per step of ``representation="nerf"``, drawn uniformly over the pixels of every training view."""
+    nerf_samples: int = 64
+    """Samples per ray across the box (stratified during training; NeRF only)."""
+    nerf_occupancy_resolution: int = 64
+    """Cells per axis of the occupancy grid that skips empty space (NeRF only; 0: off)."""
+    nerf_occupancy_warmup: int = 64
+    """Steps before the occupancy grid starts skipping (it is refreshed every 8 steps; NeRF only)."""
+    nerf_tv_weight: float = 1e-3
+    """Weight of the feature grid's total variation (NeRF only)."""
+    nerf_eval_chunk: int = 8192
+    """Rays per render call when evaluating held-out views (bounds memory; NeRF only)."""
+    nerf_mesh_level: float = 10.0
+    """Density iso level of the exported mesh's marching cubes (NeRF only)."""
 
 
 # ------------------------------------------------------------------------------------------ plan
@@ -124,7 +160,16 @@ def initial_model(scene: SceneData, config: VideoReconConfig) -> GaussianModel:
 
 
 def build_trainer(scene: SceneData, train_idx: list[int], config: VideoReconConfig, run_dir: Path) -> Trainer:
-    """The model and the one-stage plan (photometric loss, optional SDS) of a reconstruction run."""
+    """The model and the one-stage plan of a reconstruction run (Gaussians or NeRF, by ``representation``)."""
+    if config.representation == "nerf":
+        return build_nerf_trainer(scene, train_idx, config, run_dir)
+    return build_gaussian_trainer(scene, train_idx, config, run_dir)
+
+
+def build_gaussian_trainer(
+    scene: SceneData, train_idx: list[int], config: VideoReconConfig, run_dir: Path
+) -> Trainer:
+    """3D Gaussians from the SfM points, one view per step, L1 + D-SSIM (optional SDS)."""
     model = initial_model(scene, config)
     cams, images = scene.cameras, scene.images
     centers = cams.camera_centers[train_idx]
@@ -165,6 +210,114 @@ def build_trainer(scene: SceneData, train_idx: list[int], config: VideoReconConf
     return Trainer(model, [stage], run_dir, train_config)
 
 
+# ------------------------------------------------------------------------------------------ NeRF
+def nerf_box_radius(scene: SceneData, config: VideoReconConfig) -> float:
+    """Half side of the NeRF's box: ``config.nerf.radius``, or from the scene (see the field's docs)."""
+    if config.nerf.radius > 0:
+        return float(config.nerf.radius)
+    return min(max(_export_radius(scene), 0.5), 2.0)
+
+
+def pixel_rays(
+    cameras: Cameras,
+    index: Tensor,  # [R] camera of each ray
+    u: Tensor,  # [R] pixel column
+    v: Tensor,  # [R] pixel row
+) -> tuple[Tensor, Tensor]:
+    """World rays through pixel centres, as :func:`recon.data.procedural.camera_rays` for chosen pixels.
+
+    Returns:
+        ``(origins [R, 3], directions [R, 3] unit length)``.
+    """
+    fx, fy = cameras.fx.float()[index], cameras.fy.float()[index]
+    cx, cy = cameras.cx.float()[index], cameras.cy.float()[index]
+    x, y = (u.float() + 0.5 - cx) / fx, -(v.float() + 0.5 - cy) / fy
+    d_cam = torch.stack([x, y, -torch.ones_like(x)], dim=-1)  # OpenGL: looks down -Z, +Y up
+    c2w = cameras.camera_to_worlds[index].float()  # [R, 4, 4]
+    dirs = torch.einsum("rij,rj->ri", c2w[:, :3, :3], d_cam)
+    return c2w[:, :3, 3], torch.nn.functional.normalize(dirs, dim=-1)
+
+
+def initial_field(scene: SceneData, config: VideoReconConfig) -> DensityField:
+    """The NeRF of a run: ``config.nerf`` in the scene's box, initial weights from ``config.seed``."""
+    from dataclasses import replace
+
+    torch.manual_seed(config.seed)
+    return DensityField(replace(config.nerf, radius=nerf_box_radius(scene, config)))
+
+
+def build_nerf_trainer(
+    scene: SceneData, train_idx: list[int], config: VideoReconConfig, run_dir: Path
+) -> Trainer:
+    """A :class:`~recon.fields.DensityField` fitted to random ray batches (MSE + TV), exact on resume.
+
+    The pixels of each step come from the trainer's generator; the stratified jitter and the occupancy
+    grid's cell samples come from generators seeded by the step, so a resumed run draws what the
+    uninterrupted one did (the grid itself is checkpointed through ``state=``).
+    """
+    model = initial_field(scene, config)
+    cams = scene.cameras[train_idx]
+    images = scene.images[train_idx]  # [N, H, W, 3]
+    n, h, w = images.shape[:3]
+    occupancy = (
+        OccupancyGrid(model.aabb, config.nerf_occupancy_resolution)
+        if config.nerf_occupancy_resolution
+        else None
+    )
+    step_size = float((model.aabb[3:] - model.aabb[:3]).norm()) / config.nerf_samples
+    log.info("NeRF box half side %.2f, %d rays x %d samples per step", float(model.aabb[3]),
+             config.nerf_rays_per_step, config.nerf_samples)  # fmt: skip
+
+    def step_generator(step: int, stream: int) -> torch.Generator:
+        return torch.Generator().manual_seed((config.seed * 1_000_003 + step) * 4 + stream)
+
+    def sample(step: int, generator: torch.Generator) -> dict:
+        r = config.nerf_rays_per_step
+        index = torch.randint(n, (r,), generator=generator)
+        pixel = torch.randint(h * w, (r,), generator=generator)
+        v, u = pixel // w, pixel % w
+        origins, dirs = pixel_rays(cams, index, u, v)
+        return {
+            "origins": origins,
+            "directions": dirs,
+            "rgb": images[index, v, u],
+            "jitter": step_generator(step, 0),
+        }
+
+    def render(m: DensityField, batch: dict):
+        return render_rays(
+            m, batch["origins"], batch["directions"], config.nerf_samples, config.background, stratified=True,
+            generator=batch["jitter"], occupancy=occupancy,
+        )  # fmt: skip
+
+    def photometric(ctx: StepContext):
+        mse = (ctx.render.rgb - ctx.batch["rgb"]).square().mean()
+        return mse, {"psnr": -10.0 * math.log10(max(float(mse.detach()), 1e-10))}
+
+    def tv(ctx: StepContext):
+        return ctx.model.tv_loss()
+
+    def update_occupancy(m: DensityField, step: int) -> None:
+        if occupancy is not None:
+            occupancy.update(
+                m, step, step_size=step_size, warmup_steps=config.nerf_occupancy_warmup, every_n=8,
+                generator=step_generator(step, 1),
+            )  # fmt: skip
+
+    losses = [LossTerm("photometric", photometric)]
+    if config.nerf_tv_weight > 0:
+        losses.append(LossTerm("tv", tv, config.nerf_tv_weight))
+    stage = Stage(
+        "fit", config.steps, sample, render, losses, None,
+        on_step_end=update_occupancy if occupancy is not None else None,
+    )  # fmt: skip
+    train_config = TrainConfig(
+        seed=config.seed, checkpoint_every=config.checkpoint_every, progress_bar=config.progress_bar
+    )
+    state = {"occupancy": occupancy} if occupancy is not None else None
+    return Trainer(model, [stage], run_dir, train_config, state=state)
+
+
 def sds_term(config: VideoReconConfig, width: int, height: int):
     """Score distillation on random views around the scene (the priors interface)."""
     from priors import resolve_prior_name
@@ -190,24 +343,64 @@ def sds_term(config: VideoReconConfig, width: int, height: int):
 
 
 @torch.no_grad()
-def evaluate(model: GaussianModel, scene: SceneData, index: list[int], background: float) -> dict[str, float]:
-    """Mean PSNR / SSIM of the renders of views ``index`` against their images."""
+def evaluate(
+    model: torch.nn.Module,
+    scene: SceneData,
+    index: list[int],
+    background: float,
+    **render_options,
+) -> dict[str, float]:
+    """Mean PSNR / SSIM of the renders of views ``index`` against their images.
+
+    Args:
+        model: 3D Gaussians or a field (rendered by :func:`recon.render.render_scene`).
+        scene: The posed images.
+        index: Views to score.
+        background: Background grey level.
+        **render_options: Passed to the renderer (a field's ``num_samples``, ``chunk``, ``occupancy``).
+    """
     if not index:
         return {}
     ps, ss = [], []
     for i in index:
-        pred = render_gaussians(model, scene.cameras[i], background=background).rgb.clamp(0, 1)
+        pred = render_scene(model, scene.cameras[i], background=background, **render_options).rgb.clamp(0, 1)
         ps.append(psnr(pred, scene.images[i][None]))
         ss.append(float(ssim(pred, scene.images[i][None])))
     return {"psnr": sum(ps) / len(ps), "ssim": sum(ss) / len(ss), "n_views": len(index)}
 
 
+def evaluation_options(trainer: Trainer, config: VideoReconConfig) -> dict:
+    """Render options of :func:`evaluate` for the run's representation (a NeRF: samples, chunk, grid)."""
+    if config.representation != "nerf":
+        return {}
+    return {"num_samples": config.nerf_samples, "chunk": config.nerf_eval_chunk,
+            "occupancy": trainer.extra_state.get("occupancy")}  # fmt: skip
+
+
 # ---------------------------------------------------------------------------------------- entry
 def validate(config: VideoReconConfig) -> None:
+    """Raises a UserError for settings a run cannot start with."""
     if config.steps <= 0:
         raise UserError(f"--steps must be positive, got {config.steps}")
     if not 0 <= config.ssim_weight <= 1:
         raise UserError(f"ssim_weight must be in [0, 1], got {config.ssim_weight}")
+    if config.representation not in ("gaussians", "nerf"):
+        raise UserError(f"unknown representation {config.representation!r}; choose gaussians or nerf")
+    if config.representation != "nerf":
+        return
+    for name in ("nerf_rays_per_step", "nerf_samples", "nerf_eval_chunk"):
+        if getattr(config, name) <= 0:
+            raise UserError(f"{name} must be positive, got {getattr(config, name)}")
+    if config.nerf_occupancy_resolution < 0 or config.nerf_occupancy_warmup < 0:
+        raise UserError(
+            "nerf_occupancy_resolution and nerf_occupancy_warmup must be >= 0 (0: no grid / no warm-up)"
+        )
+    if config.nerf.radius < 0:
+        raise UserError(f"nerf.radius must be >= 0 (0: from the scene), got {config.nerf.radius}")
+    if config.nerf_tv_weight < 0:
+        raise UserError(f"nerf_tv_weight must be >= 0, got {config.nerf_tv_weight}")
+    if config.sds_weight > 0:
+        raise UserError("the SDS term renders Gaussians; set sds_weight 0 or use --representation gaussians")
 
 
 def reconstruct(
@@ -247,13 +440,21 @@ def reconstruct(
         save_config(config, run_dir, "video_recon")
         write_transforms(run_dir / "transforms.json", scene)
         trainer.fit()
+        options = evaluation_options(trainer, config)
         metrics = {
-            "test": evaluate(trainer.model, scene, test_idx, config.background),
-            "train": evaluate(trainer.model, scene, train_idx[:: max(1, len(train_idx) // 8)], bg),
+            "representation": config.representation,
+            "test": evaluate(trainer.model, scene, test_idx, bg, **options),
+            "train": evaluate(trainer.model, scene, train_idx[:: max(1, len(train_idx) // 8)], bg, **options),
             "n_views": len(scene), "n_train": len(train_idx), "n_test": len(test_idx),
             "image_size": [scene.cameras.width, scene.cameras.height],
-            "num_gaussians": len(trainer.model), "seconds": time.perf_counter() - started,
         }  # fmt: skip
+        if isinstance(trainer.model, GaussianModel):
+            metrics["num_gaussians"] = len(trainer.model)
+        else:
+            metrics["nerf_box_radius"] = float(trainer.model.aabb[3])
+            if options.get("occupancy") is not None:
+                metrics["occupied_fraction"] = options["occupancy"].occupied_fraction
+        metrics["seconds"] = time.perf_counter() - started
         trainer.write_metrics(metrics)
         log.info("held-out PSNR %.2f dB, SSIM %.3f", metrics["test"].get("psnr", math.nan),
                  metrics["test"].get("ssim", math.nan))  # fmt: skip
@@ -277,12 +478,19 @@ def _export_radius(scene: SceneData) -> float:
 
 
 def reconstruct_config(
-    max_frames: int = 60, steps: int = 1500, resolution: int = 0, seed: int = 0, holdout_every: int = 8
+    max_frames: int = 60,
+    steps: int = 1500,
+    resolution: int = 0,
+    seed: int = 0,
+    holdout_every: int = 8,
+    representation: Literal["gaussians", "nerf"] = "gaussians",
 ) -> VideoReconConfig:
     """The config behind the ``reconstruct`` / ``batch`` command-line options."""
     from dataclasses import replace
 
-    config = VideoReconConfig(steps=steps, seed=seed, holdout_every=holdout_every)
+    config = VideoReconConfig(
+        steps=steps, seed=seed, holdout_every=holdout_every, representation=representation
+    )
     config.scene = replace(config.scene, resolution=resolution,
                            keyframes=replace(config.scene.keyframes, max_keyframes=max_frames))  # fmt: skip
     return config

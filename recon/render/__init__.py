@@ -273,4 +273,34 @@ def render_gaussians(
     return RenderOutput(rgb=render[..., :3], alpha=alpha, depth=depth, meta=meta)
 
 
-__all__ = ["rasterization", "render_gaussians", "resolve_backend", "RenderOutput", "RenderMode", "Backend"]
+def render_scene(
+    model: Any,  # GaussianModel, a field (recon.fields), or a TexturedMesh
+    cameras,  # recon.cameras.Cameras
+    background: Tensor | float | None = 1.0,
+    with_depth: bool = False,
+    **options: Any,
+) -> RenderOutput:
+    """Renders any representation with its renderer (Gaussians, volume rendering, mesh rasterization).
+
+    ``options`` go to that renderer (e.g. ``num_samples`` for a field).
+    """
+    if hasattr(model, "splats"):
+        return render_gaussians(model, cameras, background=background, with_depth=with_depth, **options)
+    if hasattr(model, "aabb"):
+        from recon.render.volume import render_field
+
+        return render_field(model, cameras, background=background, with_depth=with_depth, **options)
+    if hasattr(model, "texture"):  # recon.render.mesh.TexturedMesh (depth and normals always)
+        return model(cameras, background=background, **options)
+    raise TypeError(f"no renderer for a {type(model).__name__}")
+
+
+__all__ = [
+    "rasterization",
+    "render_gaussians",
+    "render_scene",
+    "resolve_backend",
+    "RenderOutput",
+    "RenderMode",
+    "Backend",
+]

@@ -1,0 +1,66 @@
+"""``--config``: a command's defaults from a preset (``configs/NAME.yaml``), overridden by its flags.
+
+``sds3d`` reads ``--config`` before it parses the other flags and builds the command with the preset's
+values as defaults (:meth:`PresetCommand.from_preset`), so a flag given on the command line wins and
+every other flag keeps the preset's value; settings that have no flag come from the preset unchanged
+(:meth:`PresetCommand.pipeline_config`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, fields
+from pathlib import Path
+from typing import Any, ClassVar
+
+
+class PresetCommand:
+    """Mixin of the commands that run a pipeline from a typed config (generate, reconstruct)."""
+
+    PRESET_PIPELINES: ClassVar[tuple[str, ...]] = ()
+    """Pipelines this command runs (a preset of another pipeline is refused)."""
+    PRESET_FIELDS: ClassVar[dict[str, str]] = {}
+    """Command flag -> the (dotted) config setting it sets."""
+
+    config: Path | None
+
+    @classmethod
+    def from_preset(cls, name_or_path: str | Path) -> Any:
+        """The command with the preset's values as the defaults of its flags."""
+        from recon.presets import get_setting, load_preset
+
+        _, preset = load_preset(name_or_path, cls.PRESET_PIPELINES)
+        values = {flag: get_setting(preset, setting) for flag, setting in cls.PRESET_FIELDS.items()}
+        import tyro
+
+        required = {
+            f.name: tyro.MISSING for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING
+        }
+        return cls(**required, **values, config=Path(name_or_path))
+
+    def pipeline_config(self, default: Any) -> Any:
+        """The preset's config (or ``default``) with this command's flags applied."""
+        from recon.presets import load_preset, with_setting
+
+        config = load_preset(self.config, self.PRESET_PIPELINES)[1] if self.config is not None else default
+        for flag, setting in self.PRESET_FIELDS.items():
+            config = with_setting(config, setting, getattr(self, flag))
+        return config
+
+
+def flag_value(argv: list[str], flag: str) -> str | None:
+    """The value of ``--flag VALUE`` / ``--flag=VALUE`` in ``argv`` (the last one wins), else None."""
+    value = None
+    for i, arg in enumerate(argv):
+        if arg == flag and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith(flag + "="):
+            value = arg[len(flag) + 1 :]
+    return value
+
+
+def preset_default(argv: list[str], commands: dict[str, type]) -> Any | None:
+    """The command built from ``--config`` (``argv[0]`` names the subcommand), or None without one."""
+    if not argv or argv[0] not in commands:
+        return None
+    name = flag_value(argv, "--config")
+    return None if name is None else commands[argv[0]].from_preset(name)

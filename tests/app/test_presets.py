@@ -1,0 +1,142 @@
+"""configs/ presets: every one loads into its pipeline's dataclass, every CPU-capable one runs for 2 steps
+(nerfstudio's method smoke test), flags override a preset, and bad presets are refused naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from app.cli import main
+from recon.pipelines import generate
+from recon.pipelines.stabledreamer import StableDreamerConfig
+from recon.pipelines.video_recon import VideoReconConfig, reconstruct
+from recon.presets import PRESET_DIR, list_presets, load_preset
+from recon.runs import load_config
+
+EMBEDDED = ("embedded", "embedded-exemplar", "embedded-unet", "embedded-unet-latent", "same")
+
+
+def test_the_product_presets_exist_and_load():
+    assert {"stabledreamer", "stabledreamer-nerf", "stabledreamer-if-sd", "video-recon"} <= set(
+        list_presets()
+    )
+    for name in list_presets():
+        pipeline, config = load_preset(name)
+        expected = {"stabledreamer": StableDreamerConfig, "video_recon": VideoReconConfig}[pipeline]
+        assert isinstance(config, expected), name
+    _, nerf = load_preset("stabledreamer-nerf")
+    assert nerf.representation == "nerf" and nerf.nerf.grid_resolution == 48
+    _, if_sd = load_preset(PRESET_DIR / "stabledreamer-if-sd.yaml")
+    assert if_sd.prior.startswith("DeepFloyd/") and "stable-diffusion" in if_sd.color_prior
+
+
+def _cpu_capable(config) -> bool:
+    priors = [getattr(config, "prior", "embedded"), getattr(config, "color_prior", "same")]
+    return all(p in EMBEDDED for p in priors)
+
+
+@pytest.fixture(scope="module")
+def tiny_video(tmp_path_factory) -> Path:
+    from recon.data.synthetic import write_synthetic_video
+
+    path = tmp_path_factory.mktemp("video") / "blocks.mp4"
+    write_synthetic_video(path, n_frames=16, sweep_deg=120.0)
+    return path
+
+
+@pytest.mark.parametrize("name", list_presets())
+def test_every_cpu_capable_preset_runs_two_steps(name, tmp_path, tiny_video):
+    pipeline, config = load_preset(name)
+    if not _cpu_capable(config):
+        pytest.skip(
+            f"{name} needs real checkpoints on a GPU ({config.prior}, {config.color_prior}); loaded only"
+        )
+    config.steps, config.progress_bar = 2, False
+    if pipeline == "video_recon":
+        config.scene.keyframes.max_keyframes, config.scene.resolution = 12, 64
+        run_dir = reconstruct(tiny_video, config, tmp_path, export=False)
+    else:
+        config.num_gaussians = 256
+        run_dir = generate(config, pipeline, tmp_path, export=False)
+    saved_pipeline, saved = load_config(run_dir)
+    assert saved_pipeline == pipeline and saved["steps"] == 2
+    history = yaml.safe_load((run_dir / "metrics.json").read_text())["stages"]
+    assert sum(stage["steps"] for stage in history.values()) == 2
+    assert all(stage["skipped_steps"] == 0 for stage in history.values())
+
+
+def test_flags_override_the_preset_and_the_rest_comes_from_it(tmp_path, capsys):
+    preset = tmp_path / "mine.yaml"
+    preset.write_text(
+        yaml.safe_dump(
+            {
+                "pipeline": "stabledreamer",
+                "config": {
+                    "prompt": "a red cube",
+                    "steps": 7,
+                    "seed": 3,
+                    "num_gaussians": 300,
+                    "opacity_reg": 0.5,
+                },
+            }
+        )
+    )
+    out = tmp_path / "out"
+    code = main(["generate", "--config", str(preset), "--steps", "2", "--no-export", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    (run_dir,) = (out / "stabledreamer").iterdir()
+    _, saved = load_config(run_dir)
+    assert saved["steps"] == 2  # the flag
+    assert saved["seed"] == 3 and saved["num_gaussians"] == 300 and saved["opacity_reg"] == 0.5  # the preset
+    assert saved["prompt"] == "a red cube"
+
+
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        ({"pipeline": "stabledreamer", "config": {"stpes": 5}}, "stpes"),
+        ({"pipeline": "stabledreamer", "config": {"stpes": 5}}, "did you mean steps"),
+        ({"pipeline": "stabledreamer", "config": {"steps": "many"}}, "steps must be an integer"),
+        ({"pipeline": "stabledreamer", "config": {"steps": 2.5}}, "steps must be an integer"),
+        (
+            {"pipeline": "stabledreamer", "config": {"representation": "voxels"}},
+            "representation must be one of",
+        ),
+        ({"pipeline": "stabledreamer", "config": {"sds": {"guidance_scale": "x"}}}, "sds.guidance_scale"),
+        ({"pipeline": "stabledreamer", "config": {"nerf": {"grid_res": 3}}}, "nerf.grid_res"),
+        ({"pipeline": "stabledreamer", "config": {"distance_range": [1.0]}}, "distance_range must be"),
+        ({"pipeline": "stabledreamer", "config": {"view_dependent_prompt": 1}}, "true/false"),
+        ({"pipeline": "nope", "config": {}}, "unknown pipeline 'nope'"),
+        ({"pipeline": "video_recon", "config": {}}, "this command runs stabledreamer"),
+        ({"config": {}}, "pipeline: NAME"),
+        (["a", "list"], "pipeline: NAME"),
+    ],
+)
+def test_bad_presets_are_refused_naming_the_key_and_write_nothing(tmp_path, capsys, content, message):
+    preset = tmp_path / "bad.yaml"
+    preset.write_text(yaml.safe_dump(content))
+    out = tmp_path / "out"
+    code = main(["generate", "a red cube", "--config", str(preset), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err and err.strip().startswith("sds3d: error:") and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_missing_preset_and_bad_yaml_and_bad_representation_flag(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["generate", "a red cube", "--config", "no-such-preset", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "no preset 'no-such-preset'" in err and "stabledreamer-nerf" in err  # lists the shipped ones
+    bad = tmp_path / "broken.yaml"
+    bad.write_text("pipeline: [unclosed\n")
+    assert main(["generate", "a red cube", "--config", str(bad), "--out", str(out)]) == 2
+    assert "cannot read" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # tyro refuses a value outside the Literal
+        main(["generate", "a red cube", "--representation", "voxels", "--out", str(out)])
+    assert exit_info.value.code == 2
+    assert "voxels" in capsys.readouterr().err
+    assert not out.exists()
