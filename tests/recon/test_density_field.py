@@ -68,7 +68,8 @@ def test_density_field_follows_the_protocol_and_blob_bias():
     field = DensityField(DensityFieldConfig(grid_resolution=8, features=4, hidden=16))
     assert isinstance(field, Field)
     pts = torch.rand(2, 5, 3) * 2 - 1
-    out = field(pts, torch.nn.functional.normalize(pts, dim=-1))
+    with torch.no_grad():
+        out = field(pts, torch.nn.functional.normalize(pts, dim=-1))
     assert out.rgb.shape == (2, 5, 3) and out.density.shape == (2, 5)
     assert float(out.rgb.min()) > 0 and float(out.rgb.max()) < 1 and float(out.density.min()) > 0
     torch.testing.assert_close(field.density(pts), out.density)
@@ -163,7 +164,7 @@ def test_fit_textured_sphere_reaches_25db_on_held_out_views_and_meshes_to_its_su
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     assert np.mean(losses[-20:]) < 0.1 * np.mean(losses[:20])
     assert occ.occupied_fraction < 0.5  # the grid found the empty space
 
