@@ -99,10 +99,16 @@ def sample_intervals(
     edges = t_near[:, None] + span * u  # [R, S + 1]
     t_starts, t_ends = edges[:, :-1], edges[:, 1:]
     if stratified:
-        jitter = torch.rand(t_starts.shape, generator=generator, device=t_near.device, dtype=t_near.dtype)
+        jitter = _rand(t_starts.shape, generator, t_near.device).to(t_near.dtype)
     else:
         jitter = torch.full_like(t_starts, 0.5)
     return t_starts, t_ends, t_starts + (t_ends - t_starts) * jitter
+
+
+def _rand(shape: torch.Size, generator: torch.Generator | None, device: torch.device) -> Tensor:
+    """Uniform [0, 1) numbers drawn on the generator's device (a CPU generator for CUDA tensors too)."""
+    gen_device = generator.device if generator is not None else device
+    return torch.rand(shape, generator=generator, device=gen_device).to(device)
 
 
 def _background(background: Background, like: Tensor) -> Tensor | None:
@@ -149,7 +155,7 @@ class OccupancyGrid(nn.Module):
     def _cell_points(self, cells: Tensor, generator: torch.Generator | None) -> Tensor:  # [M] -> [M, 3]
         R = self.resolution
         ijk = torch.stack([cells // (R * R), (cells // R) % R, cells % R], dim=-1).float()
-        jitter = torch.rand(ijk.shape, generator=generator, device=ijk.device)
+        jitter = _rand(ijk.shape, generator, ijk.device)
         lo, hi = self.aabb[:3], self.aabb[3:]
         return lo + (ijk + jitter) / R * (hi - lo)
 
@@ -271,9 +277,8 @@ class OccupancyGrid(nn.Module):
         key = str(self.binary.device)
         est = self._nerfacc.get(key)
         if est is None:
-            est = OccGridEstimator(roi_aabb=self.aabb, resolution=self.resolution, levels=1).to(
-                self.binary.device
-            )
+            est = OccGridEstimator(roi_aabb=self.aabb.detach().cpu(), resolution=self.resolution, levels=1)
+            est = est.to(self.binary.device)
             self._nerfacc[key] = est
         est.binaries.copy_(self.binary[None])
         return est
@@ -449,12 +454,20 @@ def _render_rays_cpu(
     )
 
 
-def _empty_rays(n_rays: int, S: int, like: Tensor, background: Background, n_eval: int) -> RayOutput:
+def _empty_rays(
+    n_rays: int, S: int, like: Tensor, background: Background, n_eval: int, path: str = "cpu"
+) -> RayOutput:
     zeros = like.new_zeros(n_rays, 1)
     bg = _background(background, like)
     rgb = like.new_zeros(n_rays, 3) if bg is None else bg.expand(n_rays, 3).clone()
     flat = like.new_zeros(n_rays, S)
-    meta = {"path": "cpu", "n_rays": n_rays, "n_rays_sampled": 0, "n_samples_evaluated": 0, "num_samples": S}
+    meta = {
+        "path": path,
+        "n_rays": n_rays,
+        "n_rays_sampled": 0,
+        "n_samples_evaluated": n_eval,
+        "num_samples": S,
+    }
     return RayOutput(
         rgb=rgb, alpha=zeros, depth=zeros.clone(), weights=flat, t_starts=flat, t_ends=flat, meta=meta
     )
@@ -475,13 +488,15 @@ def _render_rays_cuda(
     if occupancy is not None:
         estimator = occupancy.nerfacc_estimator()
     else:
-        estimator = OccGridEstimator(roi_aabb=aabb, resolution=1, levels=1).to(origins.device)
+        estimator = OccGridEstimator(roi_aabb=aabb.detach().cpu(), resolution=1, levels=1).to(origins.device)
         estimator.binaries.fill_(True)
     step = float((aabb[3:] - aabb[:3]).norm()) / num_samples
     with torch.no_grad():
         ray_indices, t_starts, t_ends = estimator.sampling(
             origins, directions, near_plane=near, far_plane=far, render_step_size=step, stratified=stratified
         )
+    if ray_indices.numel() == 0:  # every ray missed the occupied cells
+        return _empty_rays(n_rays, num_samples, origins, background, 0, path="cuda")
     t_mid = (t_starts + t_ends) * 0.5
     d = directions[ray_indices]
     points = origins[ray_indices] + t_mid[:, None] * d  # [N, 3]
