@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, ClassVar
+from typing import Annotated, ClassVar, Literal
 
 import tyro
 
@@ -22,6 +22,7 @@ class ReconstructCommand(PresetCommand):
         "resolution": "scene.resolution",
         "seed": "seed",
         "holdout_every": "holdout_every",
+        "representation": "representation",
     }
 
     input: Annotated[Path, tyro.conf.Positional]
@@ -40,6 +41,8 @@ class ReconstructCommand(PresetCommand):
     """Random seed."""
     holdout_every: int = 8
     """Hold out every k-th view for evaluation (0: none)."""
+    representation: Literal["gaussians", "nerf"] = "gaussians"
+    """What is fitted: 3D Gaussians (mesh + splats) or a NeRF field (mesh; preset video-recon-nerf)."""
     no_export: bool = False
     """Skip the mesh / splat export."""
 

@@ -108,7 +108,7 @@ class VideoReconConfig:
     """Show tqdm bars."""
     nerf: DensityFieldConfig = field(
         default_factory=lambda: DensityFieldConfig(
-            radius=0.0, grid_resolution=64, features=12, hidden=64, density_bias="none"
+            radius=0.0, grid_resolution=64, features=12, hidden=64, density_bias="none", density_shift=-2.0
         )
     )
     """The density field of ``representation="nerf"`` (no blob bias: the scene is not a ball at the origin).
