@@ -14,7 +14,7 @@ from recon.cameras import Cameras, cameras_from_spherical, look_at
 from recon.mesh.analytic_scene import TexturedSphere
 from recon.mesh.uv import UVMesh
 from recon.metrics import psnr
-from recon.render import mesh as mesh_render
+from recon.render import mesh_raster as mesh_render
 from recon.render.mesh import (
     TexturedMesh,
     embree_available,
