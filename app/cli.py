@@ -37,17 +37,32 @@ Commands = Union[  # noqa: UP007 - tyro reads the Union
 ]
 
 
+OUT_FLAGS = {GenerateCommand: "out", ReconstructCommand: "out", BatchCommand: "out", AppCommand: "outputs"}
+"""The output-root field of each command that writes runs (checked before the command starts)."""
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``sds3d`` console script."""
+    """Entry point of the ``sds3d`` console script.
+
+    Exit status: 0 done, 2 a user error (one ``sds3d: error:`` line, nothing written), 1 an internal
+    error (one line naming the log file with the traceback; ``SDS3D_DEBUG=1`` shows the traceback), 130
+    interrupted.
+    """
     argv = sys.argv[1:] if argv is None else list(argv)
+    command = None
+    runs_before = _created_runs()
     try:
         default = preset_default(argv, {"generate": GenerateCommand, "reconstruct": ReconstructCommand})
-    except UserError as err:
-        print(f"sds3d: error: {err}", file=sys.stderr)
-        return 2
-    extra = {"default": default} if default is not None else {}
-    command = tyro.cli(Commands, args=argv, prog="sds3d", **extra)
-    try:
+        extra = {"default": default} if default is not None else {}
+        command = tyro.cli(Commands, args=argv, prog="sds3d", **extra)
+        out_field = OUT_FLAGS.get(type(command))
+        if out_field is not None:
+            from recon.runs import check_out_root
+
+            check_out_root(getattr(command, out_field), "--" + out_field.replace("_", "-"))
+        check_argv = getattr(command, "check_argv", None)
+        if check_argv is not None:
+            check_argv(argv)
         return int(command.run() or 0)
     except UserError as err:
         print(f"sds3d: error: {err}", file=sys.stderr)
@@ -55,6 +70,69 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("sds3d: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:  # noqa: BLE001 - the last line of defence: one line and a log, never a traceback
+        kept = _clean_up_runs(runs_before)
+        if os.environ.get("SDS3D_DEBUG", "") not in ("", "0"):
+            raise
+        what = argv[0] if argv and not argv[0].startswith("-") else "sds3d"
+        log = _write_traceback(_log_folder(command, kept), err, argv)
+        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+        print(
+            f"sds3d: error: internal error: {what} failed with {type(err).__name__}"
+            + (f": {reason}" if reason else "")
+            + f" — this is a bug; the full traceback is in {log}",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _created_runs() -> list:
+    """The run folders this process created so far (none before :mod:`recon.runs` is imported)."""
+    runs = sys.modules.get("recon.runs")
+    return list(runs.CREATED_RUNS) if runs is not None else []
+
+
+def _clean_up_runs(before: list) -> list:
+    """Removes the run folders created by the failed command that hold nothing resumable; the rest."""
+    new = [run for run in _created_runs() if run not in before]
+    if not new:
+        return []
+    from recon.runs import remove_incomplete_run
+
+    for run in new:
+        remove_incomplete_run(run)
+    return [run for run in new if run.is_dir()]
+
+
+def _log_folder(command, kept: list):
+    """Where the traceback goes: the run folder when one is known, else ``$SDS3D_CACHE/logs``."""
+    from pathlib import Path
+
+    candidates = [*kept, getattr(command, "resume", None), getattr(command, "run_dir", None)]
+    for run in candidates:
+        if run is not None and (Path(run) / "config.yaml").is_file():
+            return Path(run) / "logs"
+    root = os.environ.get("SDS3D_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "sds3d")
+    return Path(root) / "logs"
+
+
+def _write_traceback(folder, err: BaseException, argv: list[str]):
+    """Writes ``err``'s traceback to ``folder/error-<time>-<pid>.log`` (a temp file when that fails)."""
+    import tempfile
+    import time
+    import traceback
+    from pathlib import Path
+
+    text = "sds3d " + " ".join(argv) + "\n\n" + "".join(traceback.format_exception(err))
+    name = f"error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    for where in (Path(folder), Path(tempfile.gettempdir()) / "sds3d-logs"):
+        try:
+            where.mkdir(parents=True, exist_ok=True)
+            (where / name).write_text(text)
+            return where / name
+        except OSError:
+            continue
+    return "(nowhere: no folder was writable)"
 
 
 if __name__ == "__main__":

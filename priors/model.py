@@ -186,7 +186,31 @@ def _read_model_index(folder: Path | str, allow_download: bool, revision: str | 
 
         offline = not allow_download
         path = Path(hf_hub_download(folder, "model_index.json", revision=revision, local_files_only=offline))
-    return json.loads(path.read_text())
+    try:
+        index = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserError(
+            f"cannot read {path} ({type(err).__name__}: {str(err)[:200]}); it must be the JSON a diffusers "
+            "`pipeline.save_pretrained(...)` writes: re-save or re-download the prior"
+        ) from err
+    if not isinstance(index, dict):
+        raise UserError(
+            f"{path} must hold a JSON object mapping component names to [library, class], got a "
+            f"{type(index).__name__}; re-save or re-download the prior"
+        )
+    for name in _COMPONENTS:
+        entry = index.get(name)
+        if entry is None or (
+            isinstance(entry, list)
+            and len(entry) == 2
+            and all(e is None or isinstance(e, str) for e in entry)
+        ):
+            continue
+        raise UserError(
+            f'{path}: {name!r} must be [library, class] (e.g. ["diffusers", "UNet2DConditionModel"]), '
+            f"got {entry!r}; re-save or re-download the prior"
+        )
+    return index
 
 
 class DiffusionPrior:
@@ -333,7 +357,13 @@ class DiffusionPrior:
             if not entry or entry[0] is None or entry[1] is None:
                 continue
             library, class_name = entry
-            component_cls = getattr(importlib.import_module(library), class_name)
+            try:
+                component_cls = getattr(importlib.import_module(library), class_name)
+            except (ImportError, AttributeError) as err:
+                raise UserError(
+                    f"the prior {source!r} names {library}.{class_name} for its {name} in model_index.json, "
+                    f"which this install cannot import ({err}); install that library or fix the file"
+                ) from err
             kwargs = dict(common)
             if name in ("unet", "vae", "text_encoder"):
                 if torch_dtype is not None:

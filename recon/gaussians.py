@@ -192,9 +192,15 @@ class GaussianModel(torch.nn.Module):
         return cls(state["splats"], state["sh_degree"])
 
     # ---------------------------------------------------------------- I/O
-    def save_ply(self, path: str | os.PathLike) -> None:
-        """Writes the standard 3DGS PLY (atomically)."""
-        atomic_write_bytes(path, ply_bytes(self.splats))
+    def save_ply(self, path: str | os.PathLike, layout_degree: int | None = None) -> None:
+        """Writes the standard 3DGS PLY (atomically).
+
+        Args:
+            path: Where to write.
+            layout_degree: Write the ``f_rest_*`` fields of this SH degree, zeros above the model's
+                (3: the layout the reference 3DGS loader and SIBR require); ``None``: the model's degree.
+        """
+        atomic_write_bytes(path, ply_bytes(self.splats, layout_degree))
 
     @classmethod
     def load_ply(cls, path: str | os.PathLike) -> GaussianModel:
@@ -218,11 +224,24 @@ def _ply_properties(n_rest: int) -> list[str]:
     )
 
 
-def ply_bytes(splats: dict[str, Tensor]) -> bytes:
-    """Binary little-endian PLY in the 3DGS layout."""
+def ply_bytes(splats: dict[str, Tensor], layout_degree: int | None = None) -> bytes:
+    """Binary little-endian PLY in the 3DGS layout.
+
+    ``layout_degree`` pads the SH bands with zeros to that degree's ``f_rest_*`` count (the reference
+    3DGS loader and SIBR read degree 3 only). The model's own degree is written as a header comment
+    (``comment sh_degree D``, after the properties, where SIBR's header scan skips it), so that
+    :func:`read_ply` gives back the original degree.
+    """
     means = splats["means"].detach().float().cpu()
     n = means.shape[0]
-    rest = splats["shN"].detach().float().cpu().permute(0, 2, 1).reshape(n, -1)  # channel-major
+    shn = splats["shN"].detach().float().cpu()  # [N, K-1, 3]
+    degree = int(round(math.sqrt(shn.shape[1] + 1))) - 1
+    if layout_degree is not None:
+        if layout_degree < degree:
+            raise ValueError(f"layout_degree {layout_degree} is below the model's SH degree {degree}")
+        pad = (layout_degree + 1) ** 2 - 1 - shn.shape[1]
+        shn = torch.cat([shn, torch.zeros(n, pad, 3)], dim=1)
+    rest = shn.permute(0, 2, 1).reshape(n, -1)  # channel-major
     data = torch.cat(
         [
             means,
@@ -237,7 +256,7 @@ def ply_bytes(splats: dict[str, Tensor]) -> bytes:
     )
     props = _ply_properties(rest.shape[1])
     header = ["ply", "format binary_little_endian 1.0", f"element vertex {n}"]
-    header += [f"property float {p}" for p in props] + ["end_header"]
+    header += [f"property float {p}" for p in props] + [f"comment sh_degree {degree}", "end_header"]
     return ("\n".join(header) + "\n").encode() + data.numpy().astype("<f4").tobytes()
 
 
@@ -266,6 +285,12 @@ def read_ply(path: str | os.PathLike) -> tuple[dict[str, Tensor], int]:
     if (degree + 1) ** 2 != k or n_rest % 3:
         raise UserError(f"{path}: {n_rest} f_rest properties do not match any SH degree")
     rest = cols("f_rest", n_rest) if n_rest else torch.zeros(n, 0)
+    stored = _commented_degree(vertex.comments)
+    if stored is not None and stored < degree:  # padded on write (the reference layout): drop the zeros
+        kept = (stored + 1) ** 2 - 1
+        per_channel = rest.reshape(n, 3, k - 1)
+        if not per_channel[:, :, kept:].any():
+            rest, k, degree = per_channel[:, :, :kept].reshape(n, 3 * kept), kept + 1, stored
     splats = {
         "means": torch.from_numpy(np.stack([col("x"), col("y"), col("z")], axis=1)),
         "sh0": cols("f_dc", 3)[:, None, :],
@@ -275,6 +300,15 @@ def read_ply(path: str | os.PathLike) -> tuple[dict[str, Tensor], int]:
         "quats": cols("rot", 4),
     }
     return splats, degree
+
+
+def _commented_degree(comments: list[str]) -> int | None:
+    """The ``sh_degree D`` header comment :func:`ply_bytes` writes, if present and well-formed."""
+    for comment in comments:
+        parts = comment.split()
+        if len(parts) == 2 and parts[0] == "sh_degree" and parts[1].isdigit():
+            return int(parts[1])
+    return None
 
 
 SPLAT_DTYPE = np.dtype(

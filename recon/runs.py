@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import logging
+import os
 import re
 import shutil
 import time
@@ -22,12 +23,45 @@ import torch
 import yaml
 
 from recon.atomic import atomic_write_text
-from recon.errors import UserError
+from recon.errors import UserError, check_range
 from recon.gaussians import GaussianModel
 
 log = logging.getLogger("sds3d.runs")
 
 EXPORT_FORMATS = ("glb", "obj", "ply", "splat")
+FACES_RANGE = (12, 5_000_000)
+"""Face budgets of an exported mesh (a closed surface needs a dozen faces at least)."""
+TEXTURE_SIZE_RANGE = (16, 8192)
+"""Side of a baked texture in texels."""
+REFERENCE_SH_DEGREE = 3
+"""SH degree whose ``f_rest_*`` layout the reference 3DGS loader and SIBR expect in ``splats.ply``."""
+
+
+def validate_export_options(
+    formats: tuple[str, ...] | list[str] = EXPORT_FORMATS,
+    faces: int = 20_000,
+    texture_size: int = 512,
+    image_size: int = 256,
+    n_views: int = 24,
+    **unknown: Any,
+) -> None:
+    """Refuses export settings :func:`export_run` cannot serve; called before any work or folder.
+
+    Raises:
+        UserError: naming the flag (``--format``, ``--faces``, ``--texture-size``) and its bounds.
+    """
+    if unknown:
+        raise UserError(f"unknown export option(s) {sorted(unknown)}; use formats, faces, texture_size")
+    formats = tuple(formats)
+    if not formats:
+        raise UserError(f"--format needs at least one value; choose from {' '.join(EXPORT_FORMATS)}")
+    bad = [f for f in formats if f not in EXPORT_FORMATS]
+    if bad:
+        raise UserError(f"unknown export format(s) {bad}; choose from {list(EXPORT_FORMATS)}")
+    check_range("--faces", faces, *FACES_RANGE)
+    check_range("--texture-size", texture_size, *TEXTURE_SIZE_RANGE)
+    check_range("export image_size", image_size, 16, 4096)
+    check_range("export n_views", n_views, 1, 1024)
 
 
 def slugify(text: str, max_len: int = 40) -> str:
@@ -36,7 +70,12 @@ def slugify(text: str, max_len: int = 40) -> str:
 
 
 def new_run_dir(out_root: str | Path, pipeline: str, prompt: str) -> Path:
-    """A fresh, not yet existing run folder name (nothing is created)."""
+    """A fresh, not yet existing run folder name (nothing is created).
+
+    Two processes asking at once can get the same name; :func:`create_run_dir` creates the folder
+    atomically and never collides.
+    """
+    check_out_root(out_root)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     base = Path(out_root) / pipeline / f"{slugify(prompt)}-{stamp}"
     path, i = base, 1
@@ -44,6 +83,57 @@ def new_run_dir(out_root: str | Path, pipeline: str, prompt: str) -> Path:
         path = base.with_name(f"{base.name}-{i}")
         i += 1
     return path
+
+
+CREATED_RUNS: list[Path] = []
+"""Run folders :func:`create_run_dir` made in this process (the CLI cleans up after a crash)."""
+
+
+def create_run_dir(out_root: str | Path, pipeline: str, prompt: str) -> Path:
+    """Creates and returns a new, empty run folder ``OUT/<pipeline>/<slug>-<time>[-k]``.
+
+    ``mkdir`` without ``exist_ok`` is atomic: of two runs that want the same name in the same second
+    one gets it and the other takes the next suffix (``-1``, ``-2``, ...), so run folders never collide.
+
+    Raises:
+        UserError: when ``out_root`` is a file or cannot be written.
+    """
+    check_out_root(out_root)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    parent = Path(out_root) / pipeline
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot create the output folder {parent} ({err}); pass a writable --out") from err
+    base = f"{slugify(prompt)}-{stamp}"
+    for i in range(10_000):
+        path = parent / (base if i == 0 else f"{base}-{i}")
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        except OSError as err:
+            raise UserError(f"cannot create the run folder {path} ({err}); pass a writable --out") from err
+        CREATED_RUNS.append(path)
+        return path
+    raise UserError(f"{parent} already holds 10000 runs named {base}-*; pass another --out")
+
+
+def check_out_root(out_root: str | Path, flag: str = "--out") -> None:
+    """Refuses an output root that is a file, lies under a file, or is not writable (creates nothing).
+
+    Raises:
+        UserError: naming ``flag`` and the path.
+    """
+    path = Path(out_root).expanduser()
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        where = "is a file" if existing == path else f"lies under the file {existing}"
+        raise UserError(f"{flag} {out_root} {where}; pass a folder (it is created when missing)")
+    if existing.is_dir() and not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {out_root}: {existing} is not writable; pass a folder you can write to")
 
 
 # ---------------------------------------------------------------- typed configs <-> YAML
@@ -217,7 +307,16 @@ def load_model(run_dir: str | Path) -> torch.nn.Module:
     ckpt = Path(run_dir) / "ckpt" / "last.pt"
     if not ckpt.is_file():
         raise UserError(f"{run_dir} has no checkpoint (ckpt/last.pt); run or resume `sds3d generate` first")
-    modules = load_representations(ckpt)
+    try:
+        modules = load_representations(ckpt)
+    except UserError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError, EOFError) as err:
+        # A file torch could unpickle but whose contents are damaged (truncated tensors, a missing key).
+        raise UserError(
+            f"cannot read checkpoint {ckpt} ({type(err).__name__}: {str(err)[:200]}); the file is damaged: "
+            "resume from an intact copy or start a new run"
+        ) from err
     if len(modules) != 1:
         raise UserError(
             f"{run_dir} holds several representations ({sorted(modules)}); load them with "
@@ -243,9 +342,7 @@ def export_run(
     small), or ``tsdf`` fusion of rendered depth (the default for reconstructed scenes).
     Every file is written atomically; a killed export leaves no partial files.
     """
-    bad = [f for f in formats if f not in EXPORT_FORMATS]
-    if bad:
-        raise UserError(f"unknown export format(s) {bad}; choose from {list(EXPORT_FORMATS)}")
+    validate_export_options(formats, faces, texture_size, image_size, n_views)
     model = load_model(run_dir)
     gaussians = isinstance(model, GaussianModel)
     if not gaussians:  # splat files need Gaussians; a field or mesh exports its mesh only
@@ -257,7 +354,7 @@ def export_run(
     out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
     if "ply" in formats:
-        model.save_ply(out / "splats.ply")
+        model.save_ply(out / "splats.ply", layout_degree=max(REFERENCE_SH_DEGREE, model.sh_degree))
         paths["ply"] = out / "splats.ply"
     if "splat" in formats:
         model.save_splat(out / "model.splat")

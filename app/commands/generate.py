@@ -50,13 +50,49 @@ class GenerateCommand(PresetCommand):
     out: Path = Path("outputs")
     """Root of the output tree."""
     resume: Path | None = None
-    """Resume the run in this folder from its last checkpoint (other options are read from it)."""
+    """Resume the run in this folder from its last checkpoint. Its settings are read from its config.yaml:
+    a prompt, --steps, --seed (or another setting of the run) that differs from it is refused; only
+    --faces, --texture-size and --no-export (the export) may change."""
     faces: int = 20_000
     """Face budget of the exported mesh."""
     texture_size: int = 512
     """Side of the baked texture."""
     no_export: bool = False
     """Skip the export step."""
+
+    def check_argv(self, argv: list[str]) -> None:
+        """Refuses a ``--resume`` whose flags on the command line conflict with the run's config.yaml.
+
+        Raises:
+            UserError: naming the flag, its value and the run's.
+        """
+        if self.resume is None:
+            return
+        from recon.errors import UserError
+        from recon.runs import load_config
+
+        given = {arg.split("=", 1)[0].lstrip("-").replace("-", "_") for arg in argv if arg.startswith("--")}
+        if "config" in given:
+            raise UserError(
+                f"--config cannot be combined with --resume: the run's own {self.resume / 'config.yaml'} "
+                "is used; drop --config"
+            )
+        pipeline, settings = load_config(self.resume)
+        if "pipeline" in given and self.pipeline != pipeline:
+            raise UserError(f"--pipeline {self.pipeline} conflicts with the {pipeline} run {self.resume}")
+        if self.prompt:
+            given.add("prompt")
+        for flag, setting in self.PRESET_FIELDS.items():
+            if flag not in given or setting not in settings:
+                continue
+            value, stored = getattr(self, flag), settings[setting]
+            if value != stored:
+                shown = "the prompt" if flag == "prompt" else "--" + flag.replace("_", "-")
+                raise UserError(
+                    f"{shown} {value!r} conflicts with the run's {setting} {stored!r} "
+                    f"({self.resume / 'config.yaml'}); --resume continues a run as it was started: drop "
+                    f"{shown}, or start a new run without --resume"
+                )
 
     def run(self) -> int:
         import logging

@@ -7,6 +7,7 @@ the run folder (only once the input is known to be good), optimize with checkpoi
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,16 @@ import torch
 from recon.atomic import atomic_write
 from recon.errors import UserError
 from recon.pipelines import stabledreamer
-from recon.runs import config_from_dict, export_run, load_config, new_run_dir, save_config
+from recon.runs import (
+    check_out_root,
+    config_from_dict,
+    create_run_dir,
+    export_run,
+    load_config,
+    remove_incomplete_run,
+    save_config,
+    validate_export_options,
+)
 from recon.train import Hooks
 
 log = logging.getLogger("sds3d.generate")
@@ -72,11 +82,14 @@ def generate(
     stop the run: a stop raises :class:`recon.train.Stopped` after a checkpoint, and
     ``generate(resume=run_dir)`` continues it.
     """
+    if export:  # checked before any work: a bad --faces must not fail after the whole run trained
+        validate_export_options(**(export_options or {}))
     if resume is not None:
         run_dir = Path(resume)
         pipeline, data = load_config(run_dir)
         spec = get_pipeline(pipeline)
         config = config_from_dict(spec.config_cls, data)
+        spec.validate(config)
         priors = spec.load_priors(config)
         trainer = spec.build_trainer(config, priors, run_dir)
         if trainer.checkpoint_path.is_file():
@@ -85,19 +98,28 @@ def generate(
         spec = get_pipeline(pipeline)
         config = config or spec.config_cls()
         spec.validate(config)
+        check_out_root(out_root)
         priors = spec.load_priors(config)
         spec.check_prompt(config, priors)
-        run_dir = new_run_dir(out_root, pipeline, getattr(config, "prompt", pipeline))
-        trainer = spec.build_trainer(config, priors, run_dir)
-        run_dir.mkdir(parents=True)
-        save_config(config, run_dir, pipeline)
+        run_dir = create_run_dir(out_root, pipeline, getattr(config, "prompt", pipeline))
+        try:
+            trainer = spec.build_trainer(config, priors, run_dir)
+            save_config(config, run_dir, pipeline)
+        except BaseException:
+            shutil.rmtree(run_dir, ignore_errors=True)
+            raise
     log.info("run folder: %s", run_dir)
     if hooks is not None:
         trainer.hooks = hooks
-    trainer.fit()
-    save_turntable(trainer.model, run_dir / "renders" / "turntable.png")
-    if export:
-        export_run(run_dir, **(export_options or {}))
+    try:
+        trainer.fit()
+        save_turntable(trainer.model, run_dir / "renders" / "turntable.png")
+        if export:
+            export_run(run_dir, **(export_options or {}))
+    except BaseException:
+        if resume is None:  # a new run that never checkpointed holds nothing worth keeping
+            remove_incomplete_run(run_dir)
+        raise
     return run_dir
 
 

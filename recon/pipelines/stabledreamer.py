@@ -32,7 +32,7 @@ from priors import embedded_latent_source, resolve_prior_name
 from priors.model import PromptConditioning
 from priors.sds import SDSConfig, SDSLoss
 from recon.cameras import sample_hemisphere_cameras, view_direction_words
-from recon.errors import UserError
+from recon.errors import UserError, check_range
 from recon.fields import DensityField, DensityFieldConfig
 from recon.gaussians import DensifyConfig, GaussianModel
 from recon.render import render_gaussians
@@ -213,6 +213,10 @@ def validate(config: StableDreamerConfig) -> None:
         raise UserError(f"unknown representation {config.representation!r}; choose gaussians or nerf")
     if config.representation == "nerf" and config.nerf_samples <= 0:
         raise UserError(f"nerf_samples must be positive, got {config.nerf_samples}")
+    check_range("--checkpoint-every", config.checkpoint_every, 1)
+    check_range("num_gaussians", config.num_gaussians, 1, 10_000_000)
+    check_range("sh_degree", config.sh_degree, 0, 3)
+    check_range("resolution", config.resolution, 0, 4096)
 
 
 def regularisers(config: StableDreamerConfig) -> list[LossTerm]:
