@@ -16,6 +16,36 @@ EXAMPLE_PROMPTS = ("a red cube", "a blue sphere", "a green cone", "a yellow toru
 PRIOR_CHOICES = ("embedded", "embedded-exemplar", "embedded-unet", "embedded-unet-latent")
 """Offered in the prior box; a hub id or a local diffusers folder can be typed instead."""
 EMBEDDED_PRIORS = frozenset(PRIOR_CHOICES)
+LIMITS: dict[str, tuple[float, float]] = {
+    "steps": (1, 10_000),
+    "seed": (0, 2**32 - 1),
+    "guidance": (0, 100),
+    "views per step": (1, 16),
+    "preview every": (1, 10_000),
+    "faces": (500, 200_000),
+    "texture size": (64, 4096),
+    "video steps": (1, 20_000),
+    "keyframes": (3, 300),
+    "resolution": (0, 2048),
+}
+"""Server-side bounds of every numeric form field (a visitor's request can't hold the worker for days)."""
+
+
+def _bounded(name: str, value: Any, integer: bool = True) -> Any:
+    """``value`` inside :data:`LIMITS`; a ``UserError`` naming the field and its bounds otherwise."""
+    from recon.errors import check_range
+
+    low, high = LIMITS[name]
+    return check_range(name.removeprefix("video "), value, low, high, integer=integer)
+
+
+def check_export_form(faces: Any, texture_size: Any) -> tuple[int, int]:
+    """The form's mesh faces and texture size as ints inside :data:`LIMITS`.
+
+    Raises:
+        UserError: naming the field and its bounds.
+    """
+    return _bounded("faces", faces), _bounded("texture size", texture_size)
 
 
 def pipeline_choices() -> tuple[str, ...]:
@@ -35,8 +65,14 @@ def make_config(
     guidance: float = 15.0,
     views_per_step: int = 4,
     preview_every: int = 100,
+    faces: int | None = None,
+    texture_size: int | None = None,
 ) -> Any:
-    """A validated ``StableDreamerConfig`` from the form values.
+    """A validated ``StableDreamerConfig`` from the form values (every number inside :data:`LIMITS`).
+
+    Args:
+        faces: The mesh faces field, checked when given (the export options are not part of the config).
+        texture_size: The texture size field, checked when given.
 
     Raises:
         UserError: when a run could not start with these values (the message says the fix).
@@ -46,10 +82,18 @@ def make_config(
     from recon.errors import UserError
     from recon.pipelines.stabledreamer import StableDreamerConfig, validate
 
-    if steps is None or int(steps) != steps:
+    if steps is None or isinstance(steps, bool) or not isinstance(steps, (int, float)) or int(steps) != steps:
         raise UserError(f"steps must be a whole number, got {steps!r}")
+    if steps > 0:  # zero and below: the library's own message (validate)
+        _bounded("steps", steps)
     if preview_every is None or int(preview_every) <= 0:
         raise UserError(f"'preview every' must be a positive number of steps, got {preview_every!r}")
+    _bounded("preview every", preview_every)
+    _bounded("seed", seed or 0)
+    _bounded("views per step", views_per_step)
+    _bounded("guidance", guidance, integer=False)
+    if faces is not None or texture_size is not None:
+        check_export_form(20_000 if faces is None else faces, 512 if texture_size is None else texture_size)
     base = StableDreamerConfig()
     config = StableDreamerConfig(
         prompt=(prompt or "").strip(), prior=(prior or "embedded").strip(),
@@ -117,6 +161,11 @@ def make_video_config(
     for name, value, low in checks:
         if value is None or int(value) != value or int(value) < low:
             raise UserError(f"{name} must be a whole number >= {low}, got {value!r}")
+    _bounded("video steps", steps)
+    _bounded("keyframes", max_frames)
+    _bounded("resolution", resolution)
+    _bounded("seed", seed or 0)
+    faces, texture_size = check_export_form(faces, texture_size)
     config = reconstruct_config(max_frames=int(max_frames), steps=int(steps), resolution=int(resolution),
                                 seed=int(seed or 0))  # fmt: skip
     config.faces, config.texture_size = int(faces), int(texture_size)
