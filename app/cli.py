@@ -25,7 +25,7 @@ from app.commands.generate import GenerateCommand
 from app.commands.prior import PriorCommand
 from app.commands.reconstruct import ReconstructCommand
 from app.presets import preset_default
-from recon.errors import UserError
+from recon.errors import UserError, check_out_root
 
 Commands = Union[  # noqa: UP007 - tyro reads the Union
     Annotated[GenerateCommand, tyro.conf.subcommand("generate")],
@@ -56,9 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         extra = {"default": default} if default is not None else {}
         command = tyro.cli(Commands, args=argv, prog="sds3d", **extra)
         out_field = OUT_FLAGS.get(type(command))
-        if out_field is not None:
-            from recon.runs import check_out_root
-
+        if out_field is not None:  # recon.errors, not recon.runs: no torch import before the command starts
             check_out_root(getattr(command, out_field), "--" + out_field.replace("_", "-"))
         check_argv = getattr(command, "check_argv", None)
         if check_argv is not None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 from typing import Any
 
 
@@ -54,3 +56,20 @@ def check_range(
 
 def _fmt(bound: float) -> str:
     return str(int(bound)) if float(bound).is_integer() else f"{bound:g}"
+
+
+def check_out_root(out_root: str | Path, flag: str = "--out") -> None:
+    """Refuses an output root that is a file, lies under a file, or is not writable (creates nothing).
+
+    Raises:
+        UserError: naming ``flag`` and the path.
+    """
+    path = Path(out_root).expanduser()
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        where = "is a file" if existing == path else f"lies under the file {existing}"
+        raise UserError(f"{flag} {out_root} {where}; pass a folder (it is created when missing)")
+    if existing.is_dir() and not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {out_root}: {existing} is not writable; pass a folder you can write to")

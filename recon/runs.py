@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import logging
-import os
 import re
 import shutil
 import time
@@ -23,7 +22,7 @@ import torch
 import yaml
 
 from recon.atomic import atomic_write_text
-from recon.errors import UserError, check_range
+from recon.errors import UserError, check_out_root, check_range
 from recon.gaussians import GaussianModel
 
 log = logging.getLogger("sds3d.runs")
@@ -117,23 +116,6 @@ def create_run_dir(out_root: str | Path, pipeline: str, prompt: str) -> Path:
         CREATED_RUNS.append(path)
         return path
     raise UserError(f"{parent} already holds 10000 runs named {base}-*; pass another --out")
-
-
-def check_out_root(out_root: str | Path, flag: str = "--out") -> None:
-    """Refuses an output root that is a file, lies under a file, or is not writable (creates nothing).
-
-    Raises:
-        UserError: naming ``flag`` and the path.
-    """
-    path = Path(out_root).expanduser()
-    existing = path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if existing.exists() and not existing.is_dir():
-        where = "is a file" if existing == path else f"lies under the file {existing}"
-        raise UserError(f"{flag} {out_root} {where}; pass a folder (it is created when missing)")
-    if existing.is_dir() and not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"{flag} {out_root}: {existing} is not writable; pass a folder you can write to")
 
 
 # ---------------------------------------------------------------- typed configs <-> YAML
