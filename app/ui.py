@@ -22,6 +22,7 @@ from app.forms import (
     EXAMPLE_PROMPTS,
     PRIOR_CHOICES,
     WARM,
+    check_export_form,
     check_prior_source,
     check_prompt,
     make_config,
@@ -116,10 +117,16 @@ def build_app(
         progress=gr.Progress(track_tqdm=True),  # noqa: B008 - Gradio's injection idiom
     ) -> Iterator[tuple]:  # fmt: skip
         """Runs a generation and streams (status, preview, glb, splats, downloads, gallery, runs)."""
+        from recon.errors import UserError
+
         config = validated_config(prompt, prior, allow_download, steps, seed, guidance, views, preview_every)
         if pipeline not in pipeline_choices():
             raise gr.Error(f"unknown pipeline {pipeline!r}; choose one of {list(pipeline_choices())}")
-        export_options = {"faces": int(faces), "texture_size": int(texture_size), **(export_extra or {})}
+        try:
+            faces, texture_size = check_export_form(faces, texture_size)
+        except UserError as err:
+            raise user_error(err) from None
+        export_options = {"faces": faces, "texture_size": texture_size, **(export_extra or {})}
 
         def target(hooks: Any) -> Path:
             from recon.pipelines import generate
@@ -204,6 +211,11 @@ def build_app(
             bad_steps = "steps" in str(err) and "prompt" not in str(err)
             return [gr.validate(not (i == 0 and not bad_steps or i == 4 and bad_steps), str(err))
                     for i in range(11)]  # fmt: skip
+        try:
+            check_export_form(faces, tex)
+        except UserError as err:
+            field = 8 if "faces" in str(err) else 9
+            return [gr.validate(i != field, str(err)) for i in range(11)]
         try:
             check_prompt(config, wait=False)  # quick or skipped: generate_fn checks again
         except UserError as err:
