@@ -127,8 +127,10 @@ class VideoReconConfig:
     """Weight of the feature grid's total variation (NeRF only)."""
     nerf_eval_chunk: int = 8192
     """Rays per render call when evaluating held-out views (bounds memory; NeRF only)."""
-    nerf_mesh_level: float = 10.0
-    """Density iso level of the exported mesh's marching cubes (NeRF only)."""
+    nerf_mesh_level: float = 5.0
+    """Density iso level of the exported mesh's marching cubes (NeRF only). The fitted surfaces reach
+    densities of 5-15 (blocks, 400 steps: 9 % of the box above 5, about the solids' share; 1 % above 10,
+    where level 10 gave 8 faces)."""
 
 
 # ------------------------------------------------------------------------------------------ plan

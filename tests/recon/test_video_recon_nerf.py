@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import trimesh
 
 from recon.data.datasets import SceneConfig, SceneData, load_scene, write_transforms
 from recon.data.procedural import camera_rays
@@ -22,7 +23,7 @@ from recon.pipelines.video_recon import (
     split_views,
     validate,
 )
-from recon.runs import load_model
+from recon.runs import export_run, load_model
 from recon.train import Hooks, Stopped
 
 N_VIEWS = 24
@@ -62,6 +63,15 @@ def test_nerf_fits_held_out_views_and_reloads(posed_scene, tmp_path):
     model = load_model(run_dir)
     assert isinstance(model, DensityField)
     assert model.config.grid_resolution == 32 and float(model.aabb[3]) == pytest.approx(1.2)
+    paths = export_run(
+        run_dir, ("obj", "ply"), faces=3000, texture_size=64, image_size=64, n_views=6, radius=1.2
+    )
+    assert "ply" not in paths  # splat files need Gaussians
+    mesh = trimesh.load(paths["obj"], force="mesh")
+    # The blocks span x, z in +-0.92 and y up to 0.75 after normalization (measured: 5000 faces,
+    # x -0.90..1.02, y -1.21..0.77 — a floater under the unseen floor —, z -0.96..0.96 at level 5).
+    assert len(mesh.faces) > 1000
+    assert (mesh.bounds[1] - mesh.bounds[0] > 1.4).all()
 
 
 def test_resume_from_a_checkpoint_is_exact(posed_scene, tmp_path):
