@@ -35,7 +35,7 @@ from recon.gaussians import DensifyConfig, GaussianModel
 from recon.metrics import psnr, ssim
 from recon.render import render_gaussians, render_scene
 from recon.render.volume import OccupancyGrid, render_rays
-from recon.runs import export_run, new_run_dir, save_config
+from recon.runs import create_run_dir, export_run, new_run_dir, save_config, validate_export_options
 from recon.train import Hooks, LearningRate, LossTerm, Stage, StepContext, TrainConfig, Trainer
 
 log = logging.getLogger("sds3d.video_recon")
@@ -384,6 +384,11 @@ def validate(config: VideoReconConfig) -> None:
     """Raises a UserError for settings a run cannot start with."""
     if config.steps <= 0:
         raise UserError(f"--steps must be positive, got {config.steps}")
+    if config.export_formats:  # () exports nothing
+        validate_export_options(
+            config.export_formats, config.faces, config.texture_size, config.export_image_size,
+            config.export_views,
+        )  # fmt: skip
     if not 0 <= config.ssim_weight <= 1:
         raise UserError(f"ssim_weight must be in [0, 1], got {config.ssim_weight}")
     if config.representation not in ("gaussians", "nerf"):
@@ -430,14 +435,19 @@ def reconstruct(
     with tempfile.TemporaryDirectory(prefix="sds3d-recon-") as work:
         scene = load_scene(source, config.scene, Path(work))
     train_idx, test_idx = split_views(len(scene), config.holdout_every)
-    run_dir = (
+    planned = (
         Path(run_dir) if run_dir is not None else new_run_dir(out_root, "video_recon", Path(source).stem)
     )
-    trainer = build_trainer(scene, train_idx, config, run_dir)
+    trainer = build_trainer(scene, train_idx, config, planned)
     if hooks is not None:
         trainer.hooks = hooks
     bg = config.background
-    run_dir.mkdir(parents=True, exist_ok=False)
+    if run_dir is not None:
+        planned.mkdir(parents=True, exist_ok=False)
+        run_dir = planned
+    else:  # atomic and collision-free: two runs of one video in one second get two folders
+        run_dir = create_run_dir(out_root, "video_recon", Path(source).stem)
+        trainer.run_dir = run_dir
     try:
         save_config(config, run_dir, "video_recon")
         write_transforms(run_dir / "transforms.json", scene)
