@@ -43,16 +43,56 @@ from recon.fields.encoding import DenseGridEncoding, HashGridEncoding, total_var
 DensityKind = Literal["volsdf", "neus"]
 
 
+class MultiResolutionDenseGrid(nn.Module):
+    """Dense feature grids at several resolutions over one box, their features concatenated.
+
+    The dense analogue of Instant-NGP's multiresolution grid (https://arxiv.org/abs/2201.05989)
+    without hashing, built from :class:`~recon.fields.encoding.DenseGridEncoding` levels.
+
+    Args:
+        aabb: ``(xmin, ymin, zmin, xmax, ymax, zmax)``.
+        resolutions: Voxels per axis of each level.
+        features: Channels per level.
+        init_std: Standard deviation of the normal initialisation.
+    """
+
+    def __init__(
+        self,
+        aabb: Tensor | Sequence[float],
+        resolutions: Sequence[int],
+        features: int,
+        init_std: float = 1e-2,
+    ) -> None:
+        super().__init__()
+        if not resolutions:
+            raise ValueError("resolutions must name at least one level")
+        self.levels = nn.ModuleList(DenseGridEncoding(aabb, r, features, init_std) for r in resolutions)
+
+    @property
+    def n_output_dims(self) -> int:
+        return sum(level.n_output_dims for level in self.levels)
+
+    def forward(self, points: Tensor) -> Tensor:
+        """Features ``[..., L * F]`` at world points ``[..., 3]``."""
+        return torch.cat([level(points) for level in self.levels], dim=-1)
+
+    def tv_loss(self) -> Tensor:
+        """Sum over levels of :func:`~recon.fields.encoding.total_variation`."""
+        return sum(total_variation(level.grid) for level in self.levels)
+
+
 @dataclass
 class SDFFieldConfig:
     """Configuration of :class:`SDFField`."""
 
     radius: float = 1.0
     """Half size of the cube ``[-radius, radius]^3`` the field lives in (empty outside)."""
-    grid_resolution: int = 64
-    """Voxels per axis of the dense feature grid."""
-    features: int = 8
-    """Feature channels of the grid."""
+    grid_resolutions: tuple[int, ...] = (16, 32, 64)
+    """Voxels per axis of each level of the dense feature grid (:class:`MultiResolutionDenseGrid`).
+    Coarse levels move whole regions at once, which a fit from a few hundred ray batches needs: a
+    single 64^3 level gets too sparse a gradient per voxel and stalls near the starting sphere."""
+    features: int = 4
+    """Feature channels per grid level."""
     encoding: Literal["dense", "hash"] = "dense"
     """Point encoding: ``"dense"`` (runs everywhere) or ``"hash"`` (tinycudann, CUDA only)."""
     grid_init_std: float = 1e-2
@@ -65,7 +105,8 @@ class SDFFieldConfig:
     hidden: int = 32
     """Width of the geometry MLP's hidden layers."""
     hidden_layers: int = 1
-    """Hidden layers of the geometry MLP (softplus with beta 100, as IDR / DP-Recon)."""
+    """Hidden layers of the geometry MLP (softplus with beta 100, as IDR / DP-Recon); its output layer
+    also sees the grid features directly (a linear skip)."""
     geo_features: int = 15
     """Size of the geometric feature the geometry MLP hands to the color head."""
     color_hidden: int = 32
@@ -87,6 +128,11 @@ class SDFFieldConfig:
     """The background channel starts as an inverted sphere ``background_radius - |x|`` (positive
     inside, as DP-Recon's room). Beyond the box's half diagonal (``sqrt(3) * radius``) it has no
     surface in the box: an empty background for object-centric scenes."""
+    eikonal_extra: bool = False
+    """Also return ``extras["eikonal"] = (|grad s| - 1)^2`` ``[..., 1]`` from :meth:`SDFField.forward`:
+    the renderer accumulates it with the compositing weights, an eikonal term on the visible surface
+    at no extra evaluation (uniform box points alone leave the near-surface band loosely held, and a
+    slack gradient there thickens the opacity skin so that the zero level set drifts off the masks)."""
     density: DensityKind = "volsdf"
     """How SDFs become opacity: ``"volsdf"`` (Laplace density) or ``"neus"`` (logistic alpha)."""
     beta_init: float = 0.1
@@ -197,8 +243,8 @@ class SDFField(nn.Module):
         r = float(config.radius)
         self.register_buffer("aabb", torch.tensor([-r, -r, -r, r, r, r], dtype=torch.float32))
         if config.encoding == "dense":
-            self.encoding: nn.Module = DenseGridEncoding(
-                self.aabb, config.grid_resolution, config.features, config.grid_init_std
+            self.encoding: nn.Module = MultiResolutionDenseGrid(
+                self.aabb, config.grid_resolutions, config.features, config.grid_init_std
             )
         elif config.encoding == "hash":
             self.encoding = HashGridEncoding(self.aabb)
@@ -219,13 +265,16 @@ class SDFField(nn.Module):
         self.register_buffer("init_radii", torch.tensor(radii, dtype=torch.float32))  # [C]
         self.register_buffer("init_signs", torch.tensor(signs, dtype=torch.float32))  # [C]
 
-        n_in = self.encoding.n_output_dims
+        n_in = n_enc = self.encoding.n_output_dims
         layers: list[nn.Module] = []
         for _ in range(config.hidden_layers):
             layers += [nn.Linear(n_in, config.hidden), nn.Softplus(beta=100.0)]
             n_in = config.hidden
         self.geometry_trunk = nn.Sequential(*layers)
-        self.geometry_head = nn.Linear(n_in, self.num_channels + config.geo_features)
+        # The head sees the grid features beside the hidden units (a linear skip): the grid moves the
+        # SDF directly even where hidden units saturate, so the fit cannot stall on dead units.
+        n_head = n_in + n_enc if config.hidden_layers > 0 else n_in
+        self.geometry_head = nn.Linear(n_head, self.num_channels + config.geo_features)
         with torch.no_grad():  # the SDF outputs start at zero: the field is exactly the bias spheres
             self.geometry_head.weight[: self.num_channels].zero_()
             self.geometry_head.bias[: self.num_channels].zero_()
@@ -295,7 +344,7 @@ class SDFField(nn.Module):
 
     @property
     def _analytic_gradient(self) -> bool:
-        return self.config.gradient == "analytic" and isinstance(self.encoding, DenseGridEncoding)
+        return self.config.gradient == "analytic" and isinstance(self.encoding, MultiResolutionDenseGrid)
 
     def _split_head(self, out: Tensor, points: Tensor) -> SDFGeometry:
         C = self.num_channels
@@ -304,7 +353,9 @@ class SDFField(nn.Module):
         return SDFGeometry(sdfs=sdfs, sdf=sdf, features=out[..., C:])
 
     def _geometry(self, points: Tensor) -> SDFGeometry:
-        return self._split_head(self.geometry_head(self.geometry_trunk(self.encoding(points))), points)
+        f = self.encoding(points)  # [..., F]
+        h = torch.cat([self.geometry_trunk(f), f], dim=-1) if len(self.geometry_trunk) else f
+        return self._split_head(self.geometry_head(h), points)
 
     def _geometry_with_gradient(self, points: Tensor) -> SDFGeometry:
         """Values and the scene SDF's gradient in one pass: forward-mode through grid and MLP."""
@@ -312,11 +363,15 @@ class SDFField(nn.Module):
         x = points.reshape(-1, 3)  # [N, 3]
         rows = dense_grid_features_and_jacobian(self.encoding, x)  # [N, 4, F]: value, d/dx, d/dy, d/dz
         value, tangent = rows[:, 0], rows[:, 1:]  # [N, F], [N, 3, F]
+        skip_value, skip_tangent = value, tangent
         for layer in self.geometry_trunk:
             if isinstance(layer, nn.Linear):
                 value, tangent = layer(value), tangent @ layer.weight.t()
             else:  # Softplus(beta): d softplus(z) = sigmoid(beta z) dz
                 value, tangent = layer(value), tangent * torch.sigmoid(layer.beta * value)[:, None]
+        if len(self.geometry_trunk):
+            value = torch.cat([value, skip_value], dim=-1)
+            tangent = torch.cat([tangent, skip_tangent], dim=-1)
         head = self.geometry_head
         C = self.num_channels
         out = head(value)  # [N, C + G]
@@ -415,7 +470,7 @@ class SDFField(nn.Module):
         Returns:
             ``FieldSample(rgb [..., 3], density [...] (VolSDF) or alpha [...] (NeuS), normals [..., 3],
             sdf [...], extras)``; with objects, ``extras["object_opacity"] [..., K + 1]`` (see the module
-            docstring).
+            docstring); with ``config.eikonal_extra``, ``extras["eikonal"] [..., 1]``.
         """
         c = self.config
         geo = self.geometry(points, with_gradient=True)
@@ -435,6 +490,8 @@ class SDFField(nn.Module):
             alpha = neus_alpha(geo.sdf, cos, step_sizes, self.inv_s, self.cos_anneal_ratio)
 
         extras: dict[str, Tensor] = {}
+        if c.eikonal_extra:
+            extras["eikonal"] = (geo.gradient.norm(dim=-1, keepdim=True) - 1.0).square()
         if c.num_objects > 0:
             extras["object_opacity"] = self._object_opacity_ratio(
                 geo, density, alpha, normals, directions, step_sizes
@@ -468,8 +525,6 @@ class SDFField(nn.Module):
     # ------------------------------------------------------------------ regularisers
     def tv_loss(self) -> Tensor:
         """Total variation of the feature grid (zero for the hash encoding)."""
-        if isinstance(self.encoding, DenseGridEncoding):
-            return total_variation(self.encoding.grid)
         return self.encoding.tv_loss()
 
     # ------------------------------------------------------------------ trainer protocol
@@ -483,7 +538,7 @@ class SDFField(nn.Module):
 
     def default_learning_rates(self) -> dict[str, float]:
         """Adam learning rates per group of :meth:`parameter_groups` (grid high, MLP and density low)."""
-        return {"encoding": 3e-2 if self.config.encoding == "dense" else 1e-2, "mlp": 3e-3, "density": 1e-3}
+        return {"encoding": 6e-2 if self.config.encoding == "dense" else 1e-2, "mlp": 3e-3, "density": 1e-2}
 
     def checkpoint_state(self) -> dict[str, Any]:
         """``{"config": plain dict, "state_dict": ...}``, for :meth:`from_checkpoint_state`."""
@@ -493,6 +548,7 @@ class SDFField(nn.Module):
     def from_checkpoint_state(cls, state: dict[str, Any]) -> SDFField:
         """Rebuilds a field saved by :meth:`checkpoint_state` (on the device of its tensors)."""
         config = dict(state["config"])
+        config["grid_resolutions"] = tuple(config["grid_resolutions"])
         config["sphere_center"] = tuple(config["sphere_center"])
         config["object_centers"] = tuple(tuple(c) for c in config["object_centers"])
         field = cls(SDFFieldConfig(**config))
@@ -500,7 +556,9 @@ class SDFField(nn.Module):
         return field.to(state["state_dict"]["aabb"].device)
 
 
-def dense_grid_features_and_jacobian(encoding: DenseGridEncoding, points: Tensor) -> Tensor:
+def dense_grid_features_and_jacobian(
+    encoding: DenseGridEncoding | MultiResolutionDenseGrid, points: Tensor
+) -> Tensor:
     """Trilinear features of a :class:`DenseGridEncoding` and their spatial derivatives, in one gather.
 
     Matches ``encoding(points)`` (``grid_sample``, ``align_corners=True``, border padding: the
@@ -511,8 +569,13 @@ def dense_grid_features_and_jacobian(encoding: DenseGridEncoding, points: Tensor
         points: World points ``[N, 3]``.
 
     Returns:
-        ``[N, 4, F]``: row 0 the features, rows 1-3 their derivatives along world x, y, z.
+        ``[N, 4, F]``: row 0 the features, rows 1-3 their derivatives along world x, y, z (levels
+        of a :class:`MultiResolutionDenseGrid` concatenated along ``F``, as its ``forward``).
     """
+    if isinstance(encoding, MultiResolutionDenseGrid):
+        return torch.cat(
+            [dense_grid_features_and_jacobian(level, points) for level in encoding.levels], dim=-1
+        )
     grid = encoding.grid[0]  # [F, Rz, Ry, Rx]
     n_feat, R = grid.shape[0], grid.shape[-1]
     lo, hi = encoding.aabb[:3], encoding.aabb[3:]
@@ -600,10 +663,83 @@ def collision_loss(sdfs: Tensor, include_background: bool = False) -> Tensor:
     return pen.sum(-1).mean()
 
 
+def object_centers_from_masks(
+    origins: Tensor,  # [C, H, W, 3]
+    directions: Tensor,  # [C, H, W, 3]
+    labels: Tensor,  # [C, H, W] int: 0 background, k in 1..K object k
+    num_objects: int,
+) -> Tensor:  # [K, 3]
+    """Rough object centres from instance masks: the point nearest (least squares) to the rays
+    through each view's mask centroid, a starting point for :attr:`SDFFieldConfig.object_centers`.
+
+    Args:
+        origins: Per-pixel ray origins (e.g. :func:`recon.data.procedural.camera_rays`).
+        directions: Per-pixel unit ray directions.
+        labels: Instance label per pixel.
+        num_objects: ``K``.
+
+    Returns:
+        ``[K, 3]`` centres (an object seen in fewer than two views gets the origin).
+    """
+    centers = []
+    eye = torch.eye(3, dtype=origins.dtype, device=origins.device)
+    for k in range(1, num_objects + 1):
+        a = torch.zeros(3, 3, dtype=origins.dtype, device=origins.device)
+        b = torch.zeros(3, dtype=origins.dtype, device=origins.device)
+        views = 0
+        for c in range(labels.shape[0]):
+            m = labels[c] == k  # [H, W]
+            if int(m.sum()) == 0:
+                continue
+            d = F.normalize(directions[c][m].mean(0), dim=0)  # the centroid ray
+            proj = eye - d[:, None] * d[None, :]
+            a, b = a + proj, b + proj @ origins[c][m][0]
+            views += 1
+        centers.append(torch.linalg.solve(a, b) if views >= 2 else torch.zeros_like(b))
+    return torch.stack(centers)
+
+
 def uniform_box_points(aabb: Tensor, n: int, generator: torch.Generator | None = None) -> Tensor:
     """``n`` uniform points ``[n, 3]`` in the box ``aabb [6]`` (eikonal samples)."""
     u = torch.rand(n, 3, generator=generator).to(aabb)
     return aabb[:3] + u * (aabb[3:] - aabb[:3])
+
+
+@torch.no_grad()
+def update_sdf_occupancy(
+    occupancy: Any, field: SDFField, band: float | None = None, chunk: int = 1 << 17
+) -> float:
+    """Marks the cells of an occupancy grid that the surface band ``|s| < band`` may cross.
+
+    The renderer then evaluates only samples near the surface, which is where an SDF field's
+    compositing weights are; deep-inside samples count as empty (behind an opaque front shell they
+    carry no weight). A cell is kept when ``|s(centre)| < band + half its diagonal`` (exact for a
+    true distance field; the eikonal term keeps the field close to one).
+
+    Args:
+        occupancy: A :class:`recon.render.volume.OccupancyGrid` over ``field.aabb``.
+        field: The field.
+        band: Half width of the band; default ``6 * beta + 2 * step`` (VolSDF: the Laplace density is
+            under 0.2% of its peak beyond ``6 beta``) or ``6 / inv_s + 2 * step`` (NeuS) with ``step``
+            the grid's default sample spacing.
+        chunk: Cells per SDF call.
+
+    Returns:
+        The occupied fraction.
+    """
+    R = occupancy.resolution
+    lo, hi = occupancy.aabb[:3], occupancy.aabb[3:]
+    cell = (hi - lo) / R
+    if band is None:
+        scale = field.beta if field.config.density == "volsdf" else 1.0 / field.inv_s
+        band = 6.0 * float(scale) + 2.0 * occupancy.default_step_size()
+    idx = torch.arange(R, device=lo.device, dtype=lo.dtype) + 0.5
+    ijk = torch.stack(torch.meshgrid(idx, idx, idx, indexing="ij"), dim=-1).reshape(-1, 3)  # x-major
+    centers = lo + ijk * cell
+    sdf = torch.cat([field.sdf(centers[s : s + chunk]) for s in range(0, len(centers), chunk)])
+    keep = sdf.abs() < band + 0.5 * float(cell.norm())
+    occupancy.binary.copy_(keep.view_as(occupancy.binary))
+    return float(keep.float().mean())
 
 
 # ---------------------------------------------------------------------- meshes
@@ -667,6 +803,7 @@ def extract_sdf_mesh(
 
 
 __all__ = [
+    "MultiResolutionDenseGrid",
     "SDFField",
     "SDFFieldConfig",
     "SDFGeometry",
@@ -677,7 +814,9 @@ __all__ = [
     "laplace_density",
     "logistic_density",
     "neus_alpha",
+    "object_centers_from_masks",
     "object_mask_loss",
     "sdf_density_fn",
     "uniform_box_points",
+    "update_sdf_occupancy",
 ]
