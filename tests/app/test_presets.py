@@ -38,16 +38,21 @@ def _cpu_capable(config) -> bool:
 
 
 @pytest.fixture(scope="module")
-def tiny_video(tmp_path_factory) -> Path:
-    from recon.data.synthetic import write_synthetic_video
+def posed_scene(tmp_path_factory) -> Path:
+    """12 posed views of the textured blocks as a transforms.json (no structure-from-motion: a 2-step
+    smoke test should not depend on SfM registering a tiny video)."""
+    from recon.data.datasets import SceneData, write_transforms
+    from recon.data.synthetic import TexturedBlocks, orbit_path
 
-    path = tmp_path_factory.mktemp("video") / "blocks.mp4"
-    write_synthetic_video(path, n_frames=16, sweep_deg=120.0)
+    cams = orbit_path(12, sweep_deg=330.0, elevation_deg=25.0, width=48, height=36)
+    rgb, _ = TexturedBlocks().render(cams)
+    path = tmp_path_factory.mktemp("posed") / "transforms.json"
+    write_transforms(path, SceneData(rgb, cams, [f"frame_{i:03d}.png" for i in range(12)]))
     return path
 
 
 @pytest.mark.parametrize("name", list_presets())
-def test_every_cpu_capable_preset_runs_two_steps(name, tmp_path, tiny_video):
+def test_every_cpu_capable_preset_runs_two_steps(name, tmp_path, posed_scene):
     pipeline, config = load_preset(name)
     if not _cpu_capable(config):
         pytest.skip(
@@ -55,8 +60,7 @@ def test_every_cpu_capable_preset_runs_two_steps(name, tmp_path, tiny_video):
         )
     config.steps, config.progress_bar = 2, False
     if pipeline == "video_recon":
-        config.scene.keyframes.max_keyframes, config.scene.resolution = 12, 64
-        run_dir = reconstruct(tiny_video, config, tmp_path, export=False)
+        run_dir = reconstruct(posed_scene, config, tmp_path, export=False)
     else:
         config.num_gaussians = 256
         run_dir = generate(config, pipeline, tmp_path, export=False)
