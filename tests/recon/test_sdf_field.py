@@ -419,7 +419,7 @@ def test_fit_cube_from_views_gives_mesh_within_two_percent_chamfer():
     chamfer = (accuracy + completeness) / 2
     size = 2 * CUBE_HALF_SIZE  # the cube's side, its smallest "size" (the diagonal is 1.73x larger)
     print(f"cube fit: {fit_s:.1f} s, chamfer-L1 {chamfer:.4f} ({100 * chamfer / size:.2f}% of the side)")
-    assert chamfer <= 0.02 * size, chamfer  # measured 0.0147 (1.34%), fit 34 s at load ~2
+    assert chamfer <= 0.02 * size, chamfer  # measured 1.34% (seeds 1-2: 1.42%, 1.48%), fit 25-35 s
     assert mesh.is_watertight and len(mesh.split()) == 1
 
 
@@ -535,8 +535,10 @@ def test_fit_three_objects_with_masks_gives_each_object_its_own_mesh(density):
         ious.append(float((inside & inside_gt[:, k - 1]).sum() / (inside | inside_gt[:, k - 1]).sum()))
         assert len(mesh.split()) == 1
     print(f"three objects ({density}): {fit_s:.1f} s, volume IoU {[round(v, 3) for v in ious]}")
-    assert min(ious) >= 0.8, ious  # measured sphere 0.95, cube 0.85, cylinder 0.91; fit 42 s at load ~2
-    # (volsdf, slow: 0.88, 0.88, 0.88 in 17 s)
+    assert min(ious) >= 0.8, (
+        ious
+    )  # measured sphere 0.95, cube 0.84, cylinder 0.90 (seeds 1-2: cube 0.88, 0.82)
+    # (volsdf, slow: 0.88, 0.88, 0.88; seeds 1-2 down to 0.81)
 
 
 @pytest.mark.slow
