@@ -10,14 +10,17 @@ from recon.fields.encoding import DenseGridEncoding, HashGridEncoding, select_en
 
 # --- SDF fields (recon/fields/sdf.py, written separately): add `from recon.fields.sdf import ...` here ---
 from recon.fields.sdf import (
+    MultiResolutionDenseGrid,
     SDFField,
     SDFFieldConfig,
     collision_loss,
     extract_sdf_mesh,
     laplace_density,
     neus_alpha,
+    object_centers_from_masks,
     object_mask_loss,
     sdf_density_fn,
+    update_sdf_occupancy,
 )
 
 # --- end of SDF fields ---
@@ -34,12 +37,15 @@ __all__ = [
     "select_encoding",
     "total_variation",
     # SDF fields: add their names here
+    "MultiResolutionDenseGrid",
     "SDFField",
     "SDFFieldConfig",
     "collision_loss",
     "extract_sdf_mesh",
     "laplace_density",
     "neus_alpha",
+    "object_centers_from_masks",
     "object_mask_loss",
     "sdf_density_fn",
+    "update_sdf_occupancy",
 ]
