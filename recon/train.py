@@ -604,7 +604,8 @@ class Trainer:
             opt.zero_grad(set_to_none=True)
         if not torch.isfinite(total):
             return self._skip(stage, step, "loss is not finite")
-        total.backward()
+        if total.requires_grad:  # a step whose losses have no graph (e.g. BSD's pretrain) leaves grads None
+            total.backward()
         trained = self._trained(stage)
         params = self._params()
         for name in trained:

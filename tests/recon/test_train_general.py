@@ -169,6 +169,26 @@ def test_auxiliary_trains_on_its_own_loss_only(tmp_path):
     assert "helper" in payload["auxiliaries"] and payload["auxiliaries"]["helper"]["optimizer"]["state"]
 
 
+def test_a_step_without_a_graph_leaves_the_scene_untouched(tmp_path):
+    """A step whose losses have no graph (BSD's pretrain steps) neither fails nor moves the scene, even
+    after earlier steps left Adam momentum (the gradients stay None, so the optimizer skips them)."""
+    scene = Poses(1)
+
+    def loss(ctx):
+        if ctx.step < 3:
+            return ((ctx.model.offsets - 1.0) ** 2).sum()
+        return torch.zeros(())
+
+    seen = []
+    stage = Stage(
+        "s", 6, lambda step, gen: None, lambda m, b: None, [LossTerm("fit", loss)],
+        on_step_end=lambda m, step: seen.append(m.offsets.detach().clone()),
+    )  # fmt: skip
+    Trainer(scene, [stage], tmp_path, TrainConfig(progress_bar=False)).fit()
+    assert not torch.equal(seen[0], torch.zeros(1, 3))  # the graph steps moved it
+    assert all(torch.equal(seen[2], s) for s in seen[3:])  # the graph-less ones did not
+
+
 def test_unknown_groups_and_densifying_a_non_gaussian_are_refused(tmp_path):
     stage = Stage("s", 2, lambda s, g: None, lambda m, b: None, [], train=("nope",))
     with pytest.raises(ValueError, match="unknown parameter groups"):
