@@ -179,3 +179,25 @@ def test_text_dropout_uses_zeros():
     bsd.cache.append((torch.zeros(1, 3, 8, 8), torch.ones(1, 4, 8)))
     bsd.finetune_loss(torch.Generator().manual_seed(0))
     assert len(seen) == 1 and torch.equal(seen[0], torch.zeros(1, 4, 8))
+
+
+def test_copies_can_have_their_own_dtype_and_bad_settings_are_refused():
+    from recon.errors import UserError
+
+    prior = _tiny_prior()
+    bsd = BootstrappedScoreDistillation(prior, BSDConfig(copy_dtype="float64"))
+    assert next(bsd.finetuned.parameters()).dtype == torch.float64
+    assert next(bsd.estimator.parameters()).dtype == torch.float64
+    assert next(prior.unet.parameters()).dtype == torch.float32  # the original is untouched
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(1, 3, 8, 8, generator=g).requires_grad_(True)
+    bsd.maybe_augment(0, images, _cond(), 0.0, g)  # original prior
+    bsd.maybe_augment(25, images, _cond(), 0.0, g)  # fine-tuned float64 copy
+    loss, info = bsd.scene_loss(images, _cond(), 0.0, g)
+    loss.backward()
+    assert torch.isfinite(images.grad).all() and info["grad_norm"] > 0
+    assert bsd.finetune_loss(g).dtype == torch.float32
+    with pytest.raises(UserError, match="copy_dtype"):
+        BSDConfig(copy_dtype="float17")
+    with pytest.raises(UserError, match="pretrain_fraction"):
+        BSDConfig(pretrain_fraction=1.0)
