@@ -5,9 +5,9 @@ https://arxiv.org/abs/2310.16818; behaviour as released in ``stable_diffusion_bs
 
 * two trainable copies of the prior's denoiser: ``finetuned`` (the "DreamBooth" prior) and
   ``estimator`` (a VSD-style score estimator of the current renders; a full copy, as released);
-* every ``augment_every`` steps the current render is SDEdit-augmented (noised to a strength annealed
-  0.5 → 0.2, denoised with CFG 7.5) into a FIFO cache. The first augmentation uses the original prior,
-  every later one the fine-tuned copy: that is the bootstrap;
+* every ``augment_every`` steps of the pretrain phase the current render is SDEdit-augmented
+  (noised to a strength annealed 0.5 → 0.2, denoised with CFG 7.5) into a FIFO cache. The first
+  augmentation uses the original prior, every later one the fine-tuned copy: that is the bootstrap;
 * in the first fifth of every block of steps only the fine-tuned copy trains (ε-MSE on cached frames,
   10 % of the time with the text embedding replaced by zeros) and the scene gets no gradient;
 * otherwise the scene gets ``grad = (1 − ᾱ_t)(ε_finetuned,cfg − ε_estimator)`` and the estimator trains
@@ -130,7 +130,9 @@ class BootstrappedScoreDistillation:
         self.finetuned: torch.nn.Module = copy.deepcopy(prior.unet).to(dtype=dtype).requires_grad_(True)
         self.estimator: torch.nn.Module = copy.deepcopy(prior.unet).to(dtype=dtype).requires_grad_(True)
         self.cache: deque[tuple[Tensor, Tensor]] = deque(maxlen=self.config.cache_size)
-        """Augmented frames: (denoiser-space latents [1, C, h, w], text hidden states [1, L, D])."""
+        """Augmented frames: (denoiser-space latents [1, C, h, w], text hidden states [1, L, D]). The
+        release caches decoded images and re-encodes them (a VAE posterior sample) per use; caching the
+        SDEdit latents skips that round trip."""
         self.augmentations = 0
         self._last: tuple[Tensor, Tensor] | None = None  # detached latents [B, C, h, w], cond [B, L, D]
 
@@ -169,13 +171,14 @@ class BootstrappedScoreDistillation:
         progress: float,
         generator: torch.Generator | None = None,
     ) -> bool:
-        """SDEdit ``render`` into the cache every ``augment_every`` steps; True when it did.
+        """SDEdit ``render`` into the cache every ``augment_every`` steps (and whenever the cache is
+        empty); True when it did. :meth:`loss_term` calls it in pretrain steps only, as released.
 
         The first augmentation denoises with the original prior, all later ones with the fine-tuned
         copy (the bootstrap). Each of the ``B`` frames is cached with its text embedding.
         """
         cfg = self.config
-        if step % cfg.augment_every != 0:
+        if step % cfg.augment_every != 0 and self.cache:
             return False
         prior = self.prior
         denoiser = self.finetuned if self.augmentations > 0 else prior.unet
@@ -294,15 +297,15 @@ class BootstrappedScoreDistillation:
             images: ``ctx -> [B, 3, H, W]`` rendered images in ``[0, 1]`` of the step.
             cond: ``ctx -> PromptConditioning`` of those images (view-dependent text).
 
-        Each step it augments (every ``augment_every`` steps); in pretrain steps it returns a graph-less
-        zero (the scene gets no gradient), otherwise :meth:`scene_loss`.
+        In pretrain steps it augments (every ``augment_every`` steps, or when the cache is empty) and
+        returns a graph-less zero (the scene gets no gradient); in distill steps :meth:`scene_loss`.
         """
         from recon.train import LossTerm
 
         def fn(ctx: Any) -> tuple[Tensor, dict[str, Any]]:
             imgs, c = images(ctx), cond(ctx)
-            self.maybe_augment(ctx.step, imgs, c, ctx.progress, ctx.generator)
             if self.phase(ctx.step) == "pretrain":
+                self.maybe_augment(ctx.step, imgs, c, ctx.progress, ctx.generator)
                 self._last = None
                 return torch.zeros(()), {"phase": "pretrain"}
             loss, info = self.scene_loss(imgs, c, ctx.progress, ctx.generator)

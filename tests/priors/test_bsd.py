@@ -201,3 +201,16 @@ def test_copies_can_have_their_own_dtype_and_bad_settings_are_refused():
         BSDConfig(copy_dtype="float17")
     with pytest.raises(UserError, match="pretrain_fraction"):
         BSDConfig(pretrain_fraction=1.0)
+
+
+def test_the_loop_augments_only_in_pretrain_steps(tmp_path):
+    prior = _tiny_prior()
+    bsd = BootstrappedScoreDistillation(prior, BSDConfig(block_steps=10, augment_every=2, cache_size=10))
+    cond = _cond()
+    stage = Stage(
+        "texture", 20, lambda step, gen: None, lambda m, b: torch.sigmoid(m.logits),
+        [bsd.loss_term(lambda ctx: ctx.render, lambda ctx: cond)], auxiliaries=bsd.auxiliaries(),
+    )  # fmt: skip
+    Trainer(Scene(), [stage], tmp_path, TrainConfig(progress_bar=False, checkpoint_every=1000)).fit()
+    # Pretrain steps are 0, 1 and 10, 11 (a fifth of each 10-step block); augmentation at 0 and 10.
+    assert bsd.augmentations == 2 and len(bsd.cache) == 2
