@@ -24,26 +24,47 @@ class PresetCommand:
     config: Path | None
 
     @classmethod
+    def preset_fields(cls, pipeline: str | None = None) -> dict[str, str]:
+        """Command flag -> config setting for ``pipeline`` (default: :attr:`PRESET_FIELDS` for all)."""
+        return cls.PRESET_FIELDS
+
+    @classmethod
     def from_preset(cls, name_or_path: str | Path) -> Any:
         """The command with the preset's values as the defaults of its flags."""
         from recon.presets import get_setting, load_preset
 
-        _, preset = load_preset(name_or_path, cls.PRESET_PIPELINES)
-        values = {flag: get_setting(preset, setting) for flag, setting in cls.PRESET_FIELDS.items()}
+        pipeline, preset = load_preset(name_or_path, cls.PRESET_PIPELINES)
+        values = {flag: get_setting(preset, setting) for flag, setting in cls.preset_fields(pipeline).items()}
+        names = {f.name for f in fields(cls)}
+        if "pipeline" in names:
+            values["pipeline"] = pipeline
         import tyro
 
         required = {
             f.name: tyro.MISSING for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING
         }
-        return cls(**required, **values, config=Path(name_or_path))
+        return cls(**{**required, **values}, config=Path(name_or_path))
 
     def pipeline_config(self, default: Any) -> Any:
-        """The preset's config (or ``default``) with this command's flags applied."""
+        """The preset's config (or ``default``) with this command's flags applied (flags left at
+        ``None`` keep the config's value)."""
+        from recon.errors import UserError
         from recon.presets import load_preset, with_setting
 
-        config = load_preset(self.config, self.PRESET_PIPELINES)[1] if self.config is not None else default
-        for flag, setting in self.PRESET_FIELDS.items():
-            config = with_setting(config, setting, getattr(self, flag))
+        pipeline = getattr(self, "pipeline", None)
+        if self.config is not None:
+            preset_pipeline, config = load_preset(self.config, self.PRESET_PIPELINES)
+            if pipeline is not None and preset_pipeline != pipeline:
+                raise UserError(
+                    f"--config {self.config} is a {preset_pipeline} preset but --pipeline is {pipeline}; "
+                    "drop one of them"
+                )
+        else:
+            config = default
+        for flag, setting in self.preset_fields(pipeline).items():
+            value = getattr(self, flag)
+            if value is not None:
+                config = with_setting(config, setting, value)
         return config
 
 

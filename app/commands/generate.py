@@ -15,7 +15,7 @@ from app.presets import PresetCommand
 class GenerateCommand(PresetCommand):
     """Make a 3D asset from a text prompt (optimization + export of GLB, OBJ, splats)."""
 
-    PRESET_PIPELINES: ClassVar[tuple[str, ...]] = ("stabledreamer",)
+    PRESET_PIPELINES: ClassVar[tuple[str, ...]] = ("stabledreamer", "dreamcraft3d")
     PRESET_FIELDS: ClassVar[dict[str, str]] = {
         name: name
         for name in (
@@ -23,16 +23,33 @@ class GenerateCommand(PresetCommand):
             "checkpoint_every",
         )
     }  # fmt: skip
+    IMAGE_FIELDS: ClassVar[dict[str, str]] = {
+        name: name
+        for name in (
+            "prompt", "image", "mask", "prior", "view_prior", "texture_guidance", "allow_download", "steps",
+            "seed", "checkpoint_every",
+        )
+    }  # fmt: skip
+    """The flags of ``--pipeline dreamcraft3d`` (image to 3D)."""
 
     prompt: Annotated[str, tyro.conf.Positional] = ""
     """What to make, e.g. "a red cube"."""
     config: Path | None = None
     """A preset: a YAML file or the name of one in configs/ (stabledreamer, stabledreamer-nerf,
     stabledreamer-if-sd); the flags you give override it."""
-    pipeline: Literal["stabledreamer"] = "stabledreamer"
-    """The method."""
+    pipeline: Literal["stabledreamer", "dreamcraft3d"] = "stabledreamer"
+    """The method: stabledreamer (text to 3D) or dreamcraft3d (image to 3D: needs --image)."""
+    image: str = ""
+    """dreamcraft3d: the reference picture (RGBA keeps its alpha as the mask; RGB on a plain
+    background is segmented)."""
+    mask: str = ""
+    """dreamcraft3d: a mask image (white = object) that overrides the picture's segmentation."""
+    view_prior: str = "embedded"
+    """dreamcraft3d: view-conditioned prior: embedded, a Zero123 diffusers folder or hub id, or none."""
+    texture_guidance: Literal["bsd", "sds"] = "bsd"
+    """dreamcraft3d: texture-stage guidance, bootstrapped score distillation or plain SDS."""
     representation: Literal["gaussians", "nerf"] = "gaussians"
-    """What is optimized: 3D Gaussians or a NeRF density field."""
+    """stabledreamer: what is optimized, 3D Gaussians or a NeRF density field."""
     prior: str = "embedded"
     """Diffusion prior: embedded (no download, CPU-friendly), embedded-exemplar, embedded-unet,
     embedded-unet-latent, a hub id (e.g. stabilityai/stable-diffusion-2-1-base) or a local diffusers
@@ -41,8 +58,9 @@ class GenerateCommand(PresetCommand):
     """Prior of the color stage: same, a hub id or a local folder."""
     allow_download: bool = False
     """Allow downloading hub checkpoints (off: only what is cached locally)."""
-    steps: int = 300
-    """Optimization steps."""
+    steps: int | None = None
+    """Optimization steps (default: the pipeline's; stabledreamer 300; dreamcraft3d splits them over
+    its four stages in the proportions of its defaults, 300/100/200/200)."""
     seed: int = 0
     """Random seed."""
     checkpoint_every: int = 100
@@ -66,9 +84,21 @@ class GenerateCommand(PresetCommand):
         Raises:
             UserError: naming the flag, its value and the run's.
         """
-        if self.resume is None:
-            return
         from recon.errors import UserError
+
+        if self.resume is None:
+            given = {a.split("=", 1)[0].lstrip("-").replace("-", "_") for a in argv if a.startswith("--")}
+            own = set(self.preset_fields(self.pipeline))
+            for flag in sorted(given & (set(self.PRESET_FIELDS) | set(self.IMAGE_FIELDS)) - own):
+                raise UserError(
+                    f"--{flag.replace('_', '-')} does not apply to --pipeline {self.pipeline}; drop it"
+                    + (" or add --pipeline dreamcraft3d" if flag in self.IMAGE_FIELDS else "")
+                )
+            if self.pipeline == "dreamcraft3d" and not self.image and self.config is None:
+                raise UserError(
+                    "--pipeline dreamcraft3d makes 3D from a picture: give it with --image PICTURE.png"
+                )
+            return
         from recon.runs import load_config
 
         given = {arg.split("=", 1)[0].lstrip("-").replace("-", "_") for arg in argv if arg.startswith("--")}
@@ -82,7 +112,7 @@ class GenerateCommand(PresetCommand):
             raise UserError(f"--pipeline {self.pipeline} conflicts with the {pipeline} run {self.resume}")
         if self.prompt:
             given.add("prompt")
-        for flag, setting in self.PRESET_FIELDS.items():
+        for flag, setting in self.preset_fields(pipeline).items():
             if flag not in given or setting not in settings:
                 continue
             value, stored = getattr(self, flag), settings[setting]
@@ -94,16 +124,22 @@ class GenerateCommand(PresetCommand):
                     f"{shown}, or start a new run without --resume"
                 )
 
+    @classmethod
+    def preset_fields(cls, pipeline: str | None = None) -> dict[str, str]:
+        return cls.IMAGE_FIELDS if pipeline == "dreamcraft3d" else cls.PRESET_FIELDS
+
     def run(self) -> int:
         import logging
 
         from recon.pipelines import generate
+        from recon.pipelines.dreamcraft3d import DreamCraft3DConfig
         from recon.pipelines.stabledreamer import StableDreamerConfig
 
         logging.basicConfig(level=logging.INFO, format="%(message)s")
         config = None
         if self.resume is None:
-            config = self.pipeline_config(StableDreamerConfig())
+            default = DreamCraft3DConfig() if self.pipeline == "dreamcraft3d" else StableDreamerConfig()
+            config = self.pipeline_config(default)
         run_dir = generate(
             config, self.pipeline, self.out, resume=self.resume, export=not self.no_export,
             export_options={"faces": self.faces, "texture_size": self.texture_size},

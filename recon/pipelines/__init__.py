@@ -18,7 +18,7 @@ import torch
 
 from recon.atomic import atomic_write
 from recon.errors import UserError
-from recon.pipelines import stabledreamer
+from recon.pipelines import dreamcraft3d, stabledreamer
 from recon.runs import (
     check_out_root,
     config_from_dict,
@@ -41,6 +41,10 @@ class Pipeline:
     load_priors: Callable[[Any], Any]
     build_trainer: Callable[[Any, Any, Path], Any]
     check_prompt: Callable[[Any, Any], None]
+    export: Callable[[Any, Path], dict[str, Path]] | None = None
+    """Writes the run's own result into ``export/`` (default: :func:`recon.runs.export_run`)."""
+    run_name: Callable[[Any, Any], str] | None = None
+    """``(config, priors) -> name`` of the run folder (default: the prompt)."""
 
 
 def _check_prompt_stabledreamer(config: Any, priors: Any) -> None:
@@ -57,6 +61,15 @@ PIPELINES: dict[str, Pipeline] = {
         stabledreamer.load_priors,
         stabledreamer.build_trainer,
         _check_prompt_stabledreamer,
+    ),
+    "dreamcraft3d": Pipeline(
+        dreamcraft3d.DreamCraft3DConfig,
+        dreamcraft3d.validate,
+        dreamcraft3d.load_priors,
+        dreamcraft3d.build_trainer,
+        dreamcraft3d.check_prompt,
+        export=dreamcraft3d.export,
+        run_name=dreamcraft3d.run_name,
     ),
 }
 
@@ -101,7 +114,8 @@ def generate(
         check_out_root(out_root)
         priors = spec.load_priors(config)
         spec.check_prompt(config, priors)
-        run_dir = create_run_dir(out_root, pipeline, getattr(config, "prompt", pipeline))
+        name = spec.run_name(config, priors) if spec.run_name else getattr(config, "prompt", pipeline)
+        run_dir = create_run_dir(out_root, pipeline, name)
         try:
             trainer = spec.build_trainer(config, priors, run_dir)
             save_config(config, run_dir, pipeline)
@@ -114,7 +128,9 @@ def generate(
     try:
         trainer.fit()
         save_turntable(trainer.model, run_dir / "renders" / "turntable.png")
-        if export:
+        if export and spec.export is not None:
+            spec.export(trainer, run_dir / "export")
+        elif export:
             export_run(run_dir, **(export_options or {}))
     except BaseException:
         if resume is None:  # a new run that never checkpointed holds nothing worth keeping
