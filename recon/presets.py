@@ -28,10 +28,15 @@ PRESET_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 def config_classes() -> dict[str, type]:
     """The typed config of each pipeline, by the name presets and run folders use."""
+    from recon.pipelines.dreamcraft3d import DreamCraft3DConfig
     from recon.pipelines.stabledreamer import StableDreamerConfig
     from recon.pipelines.video_recon import VideoReconConfig
 
-    return {"stabledreamer": StableDreamerConfig, "video_recon": VideoReconConfig}
+    return {
+        "stabledreamer": StableDreamerConfig,
+        "dreamcraft3d": DreamCraft3DConfig,
+        "video_recon": VideoReconConfig,
+    }
 
 
 def list_presets() -> list[str]:

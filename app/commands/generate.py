@@ -44,8 +44,9 @@ class GenerateCommand(PresetCommand):
     background is segmented)."""
     mask: str = ""
     """dreamcraft3d: a mask image (white = object) that overrides the picture's segmentation."""
-    view_prior: str = "embedded"
-    """dreamcraft3d: view-conditioned prior: embedded, a Zero123 diffusers folder or hub id, or none."""
+    view_prior: str = "none"
+    """dreamcraft3d: view-conditioned prior: none (the default until it lands), embedded, a Zero123
+    diffusers folder or hub id."""
     texture_guidance: Literal["bsd", "sds"] = "bsd"
     """dreamcraft3d: texture-stage guidance, bootstrapped score distillation or plain SDS."""
     representation: Literal["gaussians", "nerf"] = "gaussians"

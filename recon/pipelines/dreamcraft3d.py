@@ -70,9 +70,9 @@ class DreamCraft3DConfig:
     prior: str = "embedded-unet"
     """Text prior of the geometry stages (IF's role): ``embedded-unet`` (the project's pixel UNet: BSD
     fine-tunes a denoiser, which the exemplar prior is not), a hub id or a local diffusers folder."""
-    view_prior: str = "embedded"
-    """View-conditioned prior (Zero123's role): ``embedded`` (assets/embedded-view), a hub id / local
-    folder in the Zero123 diffusers layout, or ``none``."""
+    view_prior: str = "none"
+    """View-conditioned prior (Zero123's role): ``none`` (the default until the view-conditioned prior
+    lands: issue #14), ``embedded`` (assets/embedded-view), or a Zero123 diffusers folder / hub id."""
     texture_prior: str = "same"
     """Prior of the texture stage (SD 2.1-base's role in BSD): ``same`` (the text prior) or a source."""
     texture_guidance: Literal["bsd", "sds"] = "bsd"
@@ -211,7 +211,13 @@ def load_priors(config: DreamCraft3DConfig) -> LoadedPriors:
     text = text_prior(config.prior)
     view = None
     if config.view_prior != "none":
-        from priors.view import ViewConditionedPrior
+        try:
+            from priors.view import ViewConditionedPrior
+        except ImportError:
+            raise UserError(
+                "the view-conditioned (Zero123) prior is not part of this version of sds3d yet; "
+                "run with --view-prior none"
+            ) from None
 
         source = config.view_prior
         if source == "embedded":

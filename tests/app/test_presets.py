@@ -10,12 +10,13 @@ import yaml
 
 from app.cli import main
 from recon.pipelines import generate
+from recon.pipelines.dreamcraft3d import DreamCraft3DConfig
 from recon.pipelines.stabledreamer import StableDreamerConfig
 from recon.pipelines.video_recon import VideoReconConfig, reconstruct
 from recon.presets import PRESET_DIR, list_presets, load_preset
 from recon.runs import load_config
 
-EMBEDDED = ("embedded", "embedded-exemplar", "embedded-unet", "embedded-unet-latent", "same")
+EMBEDDED = ("embedded", "embedded-exemplar", "embedded-unet", "embedded-unet-latent", "same", "none")
 
 
 def test_the_product_presets_exist_and_load():
@@ -24,7 +25,11 @@ def test_the_product_presets_exist_and_load():
     )
     for name in list_presets():
         pipeline, config = load_preset(name)
-        expected = {"stabledreamer": StableDreamerConfig, "video_recon": VideoReconConfig}[pipeline]
+        expected = {
+            "stabledreamer": StableDreamerConfig,
+            "dreamcraft3d": DreamCraft3DConfig,
+            "video_recon": VideoReconConfig,
+        }[pipeline]
         assert isinstance(config, expected), name
     _, nerf = load_preset("stabledreamer-nerf")
     assert nerf.representation == "nerf" and nerf.nerf.grid_resolution == 48
@@ -34,6 +39,7 @@ def test_the_product_presets_exist_and_load():
 
 def _cpu_capable(config) -> bool:
     priors = [getattr(config, "prior", "embedded"), getattr(config, "color_prior", "same")]
+    priors.append(getattr(config, "view_prior", "none"))
     return all(p in EMBEDDED for p in priors)
 
 
@@ -51,6 +57,23 @@ def posed_scene(tmp_path_factory) -> Path:
     return path
 
 
+def _reference_picture(path: Path) -> Path:
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from recon.cameras import cameras_from_spherical
+    from recon.data.procedural import render_primitive
+
+    one = torch.ones(1)
+    rgb, alpha, _ = render_primitive(
+        "cone", "red", cameras_from_spherical(one * 0, one * 0, one * 3, one * 40, 48, 48)
+    )
+    img = np.concatenate([rgb[0].numpy(), alpha[0].reshape(48, 48, 1).numpy()], -1)
+    Image.fromarray((img * 255).round().astype(np.uint8)).save(path)
+    return path
+
+
 @pytest.mark.parametrize("name", list_presets())
 def test_every_cpu_capable_preset_runs_two_steps(name, tmp_path, posed_scene):
     pipeline, config = load_preset(name)
@@ -61,6 +84,16 @@ def test_every_cpu_capable_preset_runs_two_steps(name, tmp_path, posed_scene):
     config.steps, config.progress_bar = 2, False
     if pipeline == "video_recon":
         run_dir = reconstruct(posed_scene, config, tmp_path, export=False)
+    elif pipeline == "dreamcraft3d":  # four stages: at least one step each (2 for the coarse one)
+        config.image = str(_reference_picture(tmp_path / "ref.png"))
+        run_dir = generate(config, pipeline, tmp_path, export=False)
+        saved_pipeline, saved = load_config(run_dir)
+        assert saved_pipeline == pipeline and saved["steps"] == 2
+        history = yaml.safe_load((run_dir / "metrics.json").read_text())["stages"]
+        history.update(yaml.safe_load((run_dir / "texture" / "metrics.json").read_text())["stages"])
+        assert [h["steps"] for h in history.values()] == [2, 1, 1, 1]
+        assert all(stage["skipped_steps"] == 0 for stage in history.values())
+        return
     else:
         config.num_gaussians = 256
         run_dir = generate(config, pipeline, tmp_path, export=False)
