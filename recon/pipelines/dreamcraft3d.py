@@ -204,9 +204,9 @@ def load_priors(config: DreamCraft3DConfig) -> LoadedPriors:
     log.info("reference %s: mask from %s", config.image, reference.source)
 
     def text_prior(source: str):
-        return DiffusionPrior.from_pretrained(
-            resolve_prior_name(source), allow_download=config.allow_download
-        )
+        # BSD fine-tunes a denoiser and the exemplar prior has none: "embedded" is the pixel UNet here.
+        name = "embedded-unet" if source == "embedded" else resolve_prior_name(source)
+        return DiffusionPrior.from_pretrained(name, allow_download=config.allow_download)
 
     text = text_prior(config.prior)
     view = None
