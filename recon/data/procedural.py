@@ -11,6 +11,7 @@ supersampling. SDFs after Inigo Quilez, https://iquilezles.org/articles/distfunc
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -138,17 +139,43 @@ def camera_rays(cameras: Cameras, supersample: int = 1) -> tuple[Tensor, Tensor,
     return origins, dirs, 1.0 / norm
 
 
-def _normals(shape: str, points: Tensor, eps: float = 1e-3) -> Tensor:
+def _sdf_normals(sdf: Callable[[Tensor], Tensor], points: Tensor, eps: float = 1e-3) -> Tensor:
+    """Unit normals ``[..., 3]`` of ``sdf`` at ``points [..., 3]`` by central differences."""
     offsets = torch.eye(3, dtype=points.dtype, device=points.device) * eps
-    grads = [
-        primitive_sdf(shape, points + offsets[i]) - primitive_sdf(shape, points - offsets[i])
-        for i in range(3)
-    ]
+    grads = [sdf(points + offsets[i]) - sdf(points - offsets[i]) for i in range(3)]
     return torch.nn.functional.normalize(torch.stack(grads, dim=-1), dim=-1)
 
 
+def _normals(shape: str, points: Tensor, eps: float = 1e-3) -> Tensor:
+    return _sdf_normals(lambda p: primitive_sdf(shape, p), points, eps)
+
+
+def _unit_sphere_interval(origins: Tensor, dirs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Where rays ``[..., 3]`` cross the unit sphere: ``(crosses [...] bool, t_near [...], t_far [...])``.
+
+    ``t_near`` is clamped to 0 for rays that start inside the sphere.
+    """
+    b = (origins * dirs).sum(-1)
+    c = (origins * origins).sum(-1) - 1.0
+    disc = b * b - c
+    inside_bound = disc > 0
+    sq = disc.clamp_min(0).sqrt()
+    t = (-b - sq).clamp_min(0.0)
+    t_far = -b + sq
+    return inside_bound, t, t_far
+
+
+def _box_pool(x: Tensor, supersample: int) -> Tensor:
+    """Box-filters supersampled maps ``[C, H*s, W*s, K] -> [C, H, W, K]``."""
+    if supersample == 1:
+        return x
+    x = x.permute(0, 3, 1, 2)
+    x = torch.nn.functional.avg_pool2d(x, supersample)
+    return x.permute(0, 2, 3, 1)
+
+
 def _sphere_trace(
-    shape: str,
+    sdf: Callable[[Tensor], Tensor],
     origins: Tensor,  # [..., 3]
     dirs: Tensor,  # [..., 3]
     t: Tensor,  # [...] start distances
@@ -157,7 +184,10 @@ def _sphere_trace(
     max_steps: int,
     eps: float,
 ) -> Tensor:
-    """Marches rays by the SDF, only those still in flight (converged and escaped rays are dropped)."""
+    """Marches rays by ``sdf`` (``[N, 3] -> [N]``, 1-Lipschitz), only those still in flight.
+
+    Converged and escaped rays are dropped from the working set; returns the ray distances ``[...]``.
+    """
     t = t.clone()
     flat_t, flat_far = t.view(-1), t_far.reshape(-1)
     o, d = origins.reshape(-1, 3), dirs.reshape(-1, 3)
@@ -166,7 +196,7 @@ def _sphere_trace(
     for _ in range(max_steps):
         if idx.numel() == 0:
             break
-        dist = primitive_sdf(shape, o[idx] + ray_t[:, None] * d[idx])
+        dist = sdf(o[idx] + ray_t[:, None] * d[idx])
         ray_t = ray_t + dist
         keep = (dist.abs() > eps * (1.0 + ray_t)) & (ray_t < flat_far[idx])
         flat_t[idx] = ray_t
@@ -215,15 +245,10 @@ def render_primitive(
     origins, dirs, z_per_t = camera_rays(cameras, supersample)
 
     # Start at the bounding sphere (radius 1) and stop past it.
-    b = (origins * dirs).sum(-1)
-    c = (origins * origins).sum(-1) - 1.0
-    disc = b * b - c
-    inside_bound = disc > 0
-    sq = disc.clamp_min(0).sqrt()
-    t = (-b - sq).clamp_min(0.0)
-    t_far = -b + sq
+    inside_bound, t, t_far = _unit_sphere_interval(origins, dirs)
     eps = 1e-4
-    t = _sphere_trace(shape, origins, dirs, t, t_far, inside_bound, max_steps, eps)
+    sdf = lambda p: primitive_sdf(shape, p)  # noqa: E731
+    t = _sphere_trace(sdf, origins, dirs, t, t_far, inside_bound, max_steps, eps)
     points = origins + t[..., None] * dirs
     d = primitive_sdf(shape, points)
     hit = inside_bound & (d.abs() < 1e-3 + eps * t) & (t < t_far + 1e-3)
@@ -241,16 +266,9 @@ def render_primitive(
     hit_f = hit.float()[..., None]
     depth = (t * z_per_t)[..., None] * hit_f
 
-    def pool(x: Tensor) -> Tensor:  # [C, H*s, W*s, K] -> [C, H, W, K]
-        if supersample == 1:
-            return x
-        x = x.permute(0, 3, 1, 2)
-        x = torch.nn.functional.avg_pool2d(x, supersample)
-        return x.permute(0, 2, 3, 1)
-
-    alpha = pool(hit_f)
-    color_sum = pool(surface * hit_f)
-    depth_sum = pool(depth)
+    alpha = _box_pool(hit_f, supersample)
+    color_sum = _box_pool(surface * hit_f, supersample)
+    depth_sum = _box_pool(depth, supersample)
     rgb = (color_sum + (1.0 - alpha) * background).clamp(0.0, 1.0)
     depth_out = torch.where(alpha > 0, depth_sum / alpha.clamp_min(1e-8), torch.zeros_like(depth_sum))
     return rgb, alpha, depth_out
