@@ -151,3 +151,95 @@ def build_scheduler(cfg: SchedulerConfig) -> DDPMScheduler:
         prediction_type=cfg.prediction_type,
         clip_sample=False,
     )
+
+
+# -- the embedded view-conditioned prior (a miniature Zero123) -----------------------------------
+
+
+@dataclass
+class ViewModelConfig:
+    """Size of the embedded view-conditioned prior (pixel space, :mod:`priors.view`'s architecture)."""
+
+    resolution: int = 32
+    """Image size (the UNet's sample size; pixel space, so also the reference's size)."""
+    block_out_channels: tuple[int, ...] = (64, 128, 128)
+    """UNet channels per level."""
+    down_block_types: tuple[str, ...] = ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D")
+    """UNet down blocks (the up blocks mirror them); the camera token is attended at 16x16 and 8x8."""
+    layers_per_block: int = 1
+    """ResNet layers per block."""
+    embedding_dim: int = 128
+    """Width of the image embedding, the camera token and the UNet's cross-attention."""
+    attention_head_dim: int = 32
+    """Channels per attention head (UNet)."""
+    norm_num_groups: int = 16
+    """GroupNorm groups (UNet)."""
+    encoder_hidden: int = 128
+    """Hidden width of the image encoder (a small CLIP vision transformer trained from scratch)."""
+    encoder_layers: int = 4
+    """Transformer layers of the image encoder."""
+    encoder_patch: int = 4
+    """Patch size of the image encoder."""
+
+
+TINY_VIEW = ViewModelConfig(
+    resolution=16,
+    block_out_channels=(8, 16),
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+    embedding_dim=16,
+    attention_head_dim=8,
+    norm_num_groups=4,
+    encoder_hidden=16,
+    encoder_layers=1,
+)
+"""A tiny view model for tests."""
+
+
+def build_view_components(cfg: ViewModelConfig) -> dict:
+    """``unet``, ``image_encoder``, ``feature_extractor``, ``clip_camera_projection`` of a miniature Zero123.
+
+    The UNet takes the noisy image ⊕ the reference (6 channels) and cross-attends to one token, the
+    image embedding joined with the relative camera through :class:`priors.view.CLIPCameraProjection`.
+    """
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from priors.view import CLIPCameraProjection
+
+    up = tuple(t.replace("Down", "Up") for t in reversed(cfg.down_block_types))
+    unet = UNet2DConditionModel(
+        sample_size=cfg.resolution,
+        in_channels=6,
+        out_channels=3,
+        down_block_types=cfg.down_block_types,
+        up_block_types=up,
+        mid_block_type="UNetMidBlock2DCrossAttn",
+        block_out_channels=cfg.block_out_channels,
+        layers_per_block=cfg.layers_per_block,
+        cross_attention_dim=cfg.embedding_dim,
+        attention_head_dim=cfg.attention_head_dim,
+        norm_num_groups=cfg.norm_num_groups,
+    )
+    vision = CLIPVisionConfig(
+        image_size=cfg.resolution,
+        patch_size=cfg.encoder_patch,
+        hidden_size=cfg.encoder_hidden,
+        intermediate_size=2 * cfg.encoder_hidden,
+        num_hidden_layers=cfg.encoder_layers,
+        num_attention_heads=max(1, cfg.encoder_hidden // 32),
+        projection_dim=cfg.embedding_dim,
+        num_channels=3,
+    )
+    encoder = CLIPVisionModelWithProjection(vision)
+    processor = CLIPImageProcessor(
+        size={"shortest_edge": cfg.resolution},
+        crop_size={"height": cfg.resolution, "width": cfg.resolution},
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+    )
+    projection = CLIPCameraProjection(embedding_dim=cfg.embedding_dim, additional_embeddings=4)
+    return {
+        "unet": unet,
+        "image_encoder": encoder,
+        "feature_extractor": processor,
+        "clip_camera_projection": projection,
+    }
