@@ -35,22 +35,10 @@ from tqdm.auto import tqdm
 
 from priors.embedded.models import SchedulerConfig, ViewModelConfig, build_scheduler, build_view_components
 from priors.embedded.train import _atomic_save, _ema_update
-from priors.embedded.world import WorldBank, WorldBankConfig, load_or_render_world_bank
+from priors.embedded.world import WorldBank, WorldBankConfig, load_or_render_world_bank, sample_colors
 from priors.view import relative_pose
 
 POSE_CONVENTION = "stable-zero123"
-
-
-def palettes() -> tuple[dict[str, tuple[float, float, float]], dict[str, tuple[float, float, float]]]:
-    """``(primary colours, secondary colours)`` of the world."""
-    from priors.embedded.world import _objects_module
-
-    objects = _objects_module()
-    if objects is not None:
-        return dict(objects.COLORS), dict(objects.SECONDARY_COLORS)
-    from recon.data.procedural import COLORS
-
-    return dict(COLORS), {"white": (0.95, 0.95, 0.95)}
 
 
 @dataclass
@@ -120,9 +108,6 @@ class ViewTrainer:
         self.phases: list[dict] = []
         self._stop = False
         self.bank: WorldBank = load_or_render_world_bank(cfg.bank, cfg.bank_cache, progress=cfg.progress)
-        primary, secondary = palettes()
-        self.primary = torch.tensor(list(primary.values()))
-        self.secondary = torch.tensor(list(secondary.values()) + list(primary.values()))
         alphas = torch.as_tensor(self.scheduler.alphas_cumprod, dtype=torch.float32)
         self.sqrt_a, self.sqrt_1ma = alphas.sqrt(), (1 - alphas).sqrt()
         self.ckpt_path = cfg.out / "ckpt" / "state.pt"
@@ -216,8 +201,7 @@ class ViewTrainer:
         entry = torch.randint(n_entries, (b,), generator=g)
         i = torch.randint(n_views, (b,), generator=g)
         j = torch.randint(n_views, (b,), generator=g)
-        primary = self.primary[torch.randint(len(self.primary), (b,), generator=g)]
-        secondary = self.secondary[torch.randint(len(self.secondary), (b,), generator=g)]
+        _, _, primary, secondary = sample_colors(self.bank, entry, g)
         ref = self.bank.images(entry, i, primary, secondary)
         tgt = self.bank.images(entry, j, primary, secondary)
         zoom = torch.rand(b, generator=g) < self.cfg.zoom_prob

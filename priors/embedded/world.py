@@ -72,7 +72,7 @@ def _objects_module():
         from recon.data import objects
     except ImportError:
         return None
-    return objects if hasattr(objects, "bank_entries") else None
+    return objects if hasattr(objects, "render_object") and hasattr(objects, "KIND_SPECS") else None
 
 
 def world_entries() -> list[tuple[str, str]]:
@@ -82,7 +82,33 @@ def world_entries() -> list[tuple[str, str]]:
         from recon.data.procedural import SHAPES
 
         return [(s, "solid") for s in SHAPES]
-    return objects.bank_entries()
+    entries = []
+    for kind in objects.KINDS:
+        entries.append((kind, "solid"))
+        if objects.KIND_SPECS[kind].patternable:
+            entries += [(kind, p) for p in objects.PATTERNS if p != "solid"]
+    return entries
+
+
+def entry_object(kind: str, pattern: str, color: str = "red", secondary: str | None = None):
+    """The :class:`recon.data.objects.ProceduralObject` of an entry (``secondary`` only for patterns)."""
+    objects = _objects_module()
+    if pattern == "solid":
+        return objects.ProceduralObject(kind, color)
+    if secondary is None:
+        secondary = next(c for c in objects.SECONDARY_COLORS if c != color)
+    return objects.ProceduralObject(kind, color, secondary, pattern)
+
+
+def secondary_choices(kind: str, pattern: str, color: str) -> list[str]:
+    """Secondary colours an entry may take with primary ``color``: a pattern's any other colour, a solid
+    compound object's default secondaries (e.g. a mushroom's stem)."""
+    objects = _objects_module()
+    if objects is None:
+        return ["white"]
+    if pattern == "solid":
+        return [c for c in objects.KIND_SPECS[kind].default_secondary if c != color] or ["white"]
+    return [c for c in objects.SECONDARY_COLORS if c != color]
 
 
 def _render_entry(kind: str, pattern: str, cams, supersample: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -95,13 +121,9 @@ def _render_entry(kind: str, pattern: str, cams, supersample: int) -> tuple[Tens
         s = rgb[..., :1].permute(0, 3, 1, 2)
         slots = torch.cat([s, torch.zeros_like(s)], 1)
         return slots, torch.zeros_like(rgb).permute(0, 3, 1, 2), a.permute(0, 3, 1, 2)
-    obj = objects.bank_object(kind, pattern)
+    obj = entry_object(kind, pattern)
     out = objects.render_object(obj, cams, supersample=supersample, background=0.0, return_slots=True)
-    return (
-        out["slots"].permute(0, 3, 1, 2),
-        out["fixed_rgb"].permute(0, 3, 1, 2),
-        out["alpha"].permute(0, 3, 1, 2),
-    )
+    return out.slots.permute(0, 3, 1, 2), out.fixed_rgb.permute(0, 3, 1, 2), out.alpha.permute(0, 3, 1, 2)
 
 
 def render_world_bank(cfg: WorldBankConfig, chunk: int = 64, progress: bool = True) -> WorldBank:
@@ -183,3 +205,40 @@ def _world_version() -> str:
     for f in files:
         h.update(f.read_bytes())
     return h.hexdigest()[:16]
+
+
+def palettes() -> tuple[dict[str, tuple[float, float, float]], dict[str, tuple[float, float, float]]]:
+    """``(primary colours, secondary colours)`` of the world."""
+    objects = _objects_module()
+    if objects is not None:
+        return dict(objects.COLORS), dict(objects.SECONDARY_COLORS)
+    from recon.data.procedural import COLORS
+
+    return dict(COLORS), {"white": (0.95, 0.95, 0.95)}
+
+
+def sample_colors(
+    bank: WorldBank, entry: Tensor, generator: torch.Generator
+) -> tuple[list[str], list[str], Tensor, Tensor]:
+    """Random colours for entries ``[B]``: ``(primary names, secondary names, rgb [B, 3], rgb [B, 3])``.
+
+    The primary colour is uniform over the palette; the secondary is uniform over what the entry allows
+    with it (:func:`secondary_choices`).
+    """
+    primary, secondary = palettes()
+    names = list(primary)
+    p_idx = torch.randint(len(names), (len(entry),), generator=generator).tolist()
+    u = torch.rand(len(entry), generator=generator).tolist()
+    p_names, s_names = [], []
+    for e, i, r in zip(entry.tolist(), p_idx, u):
+        kind, pattern = bank.entries[e]
+        choices = secondary_choices(kind, pattern, names[i])
+        p_names.append(names[i])
+        s_names.append(choices[min(int(r * len(choices)), len(choices) - 1)])
+    table = {**primary, **secondary}
+    return (
+        p_names,
+        s_names,
+        torch.tensor([primary[n] for n in p_names]),
+        torch.tensor([table[n] for n in s_names]),
+    )
