@@ -6,15 +6,20 @@ import heavy libraries (torch, diffusers) inside ``run`` so that ``sds3d --help`
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import io
 import os
+import re
 import sys
+import typing
 
 from app.openmp import openmp_env
 
 # Before torch loads its OpenMP runtime: passive waiting when other work holds the CPUs (see
 # app/openmp.py), libgomp's faster default otherwise.
 os.environ.update(openmp_env())
-from typing import Annotated, Union
+from typing import Annotated, Any, Union
 
 import tyro
 
@@ -25,7 +30,7 @@ from app.commands.generate import GenerateCommand
 from app.commands.prior import PriorCommand
 from app.commands.reconstruct import ReconstructCommand
 from app.presets import preset_default
-from recon.errors import UserError, check_out_root
+from recon.errors import UserError, check_fields, check_out_root
 
 Commands = Union[  # noqa: UP007 - tyro reads the Union
     Annotated[GenerateCommand, tyro.conf.subcommand("generate")],
@@ -54,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         default = preset_default(argv, {"generate": GenerateCommand, "reconstruct": ReconstructCommand})
         extra = {"default": default} if default is not None else {}
-        command = tyro.cli(Commands, args=argv, prog="sds3d", **extra)
+        command = parse_command(argv, **extra)
+        check_fields(command, flag_label(command))
         out_field = OUT_FLAGS.get(type(command))
         if out_field is not None:  # recon.errors, not recon.runs: no torch import before the command starts
             check_out_root(getattr(command, out_field), "--" + out_field.replace("_", "-"))
@@ -64,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(command.run() or 0)
     except UserError as err:
         print(f"sds3d: error: {err}", file=sys.stderr)
+        if isinstance(err, CommandLineError):
+            raise SystemExit(2) from None  # as tyro exits on a parse error
         return 2
     except KeyboardInterrupt:
         print("sds3d: interrupted", file=sys.stderr)
@@ -82,6 +90,85 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+
+
+class CommandLineError(UserError):
+    """A command line tyro could not parse (``main`` prints it as one line and exits 2 as tyro does)."""
+
+
+def parse_command(argv: list[str], **tyro_options: Any) -> Any:
+    """The command tyro parses from ``argv``; a parse error becomes one :class:`UserError` line.
+
+    tyro draws its errors as a box over many lines; the box's first section (what is wrong, naming the
+    flag) becomes the message. ``--help`` prints as usual (and exits 0).
+
+    Raises:
+        CommandLineError: a value of the wrong type, an unknown flag, a missing argument.
+    """
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            command = tyro.cli(Commands, args=argv, prog="sds3d", **tyro_options)
+    except SystemExit as exit_:
+        if exit_.code in (0, None):  # --help
+            sys.stderr.write(captured.getvalue())
+            raise
+        raise CommandLineError(tyro_error_line(captured.getvalue())) from None
+    sys.stderr.write(captured.getvalue())  # tyro's warnings, if any
+    return command
+
+
+def tyro_error_line(text: str) -> str:
+    """The first section of tyro's error box as one line (``Error parsing --faces: invalid literal ...``).
+
+    tyro draws a box (``╭─ Title ─╮``, sections between ``─`` rules) or, where the stream can't show it,
+    the same sections as plain text with the title in its own first section.
+    """
+    text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", text)
+    boxed = False
+    sections: list[list[str]] = [[]]
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.startswith(("╭", "┌")):
+            boxed = True
+            continue
+        if line.startswith(("╰", "└")):
+            break
+        inner = line.strip("│┃| ")
+        if not inner:
+            continue
+        if set(inner) <= set("─━-"):
+            sections.append([])
+        else:
+            sections[-1].append(inner)
+    sections = [s for s in sections if s]
+    if not boxed and len(sections) >= 2 and len(sections[0]) == 1:
+        sections = sections[1:]  # the plain layout's title
+    message = " ".join(" ".join(sections[0]).split()) if sections else ""
+    return message or "the command line could not be parsed; see sds3d --help"
+
+
+def flag_label(command: Any):
+    """``dotted field name -> what the user typed``: ``--texture-size`` for options, ``RUN_DIR`` for
+    positional arguments (subcommands' own fields are flags without a prefix)."""
+    positional: set[str] = set()
+
+    def visit(tp: Any) -> None:
+        if dataclasses.is_dataclass(tp):
+            for name, hint in typing.get_type_hints(tp, include_extras=True).items():
+                if tyro.conf.Positional in getattr(hint, "__metadata__", ()):
+                    positional.add(name)
+                visit(hint)
+        for arg in typing.get_args(tp):
+            visit(arg)
+
+    visit(type(command))
+
+    def label(dotted: str) -> str:
+        name = dotted.rsplit(".", 1)[-1]
+        return name.upper() if name in positional else "--" + name.replace("_", "-")
+
+    return label
 
 
 def _created_runs() -> list:

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from priors import schedules
 from priors.model import CfgConvention, Prior
+from recon.errors import FRACTION, checked
 
 Weighting = Literal["1-alpha", "uniform", "sqrt_alpha_1-alpha"]
 Anneal = Literal["uniform", "linear", "sqrt", "staged"]
@@ -39,7 +40,7 @@ def sds_weight(alpha_bar: Tensor, weighting: Weighting) -> Tensor:
 class SDSConfig:
     """Score distillation settings."""
 
-    guidance_scale: float = 7.5
+    guidance_scale: float = checked(7.5, low=0, high=1000)
     """Classifier-free guidance scale, read in ``cfg_convention`` (DreamFusion used ω = 100 with
     Imagen; threestudio uses 100 for SD and 20 for IF in the diffusers convention)."""
     cfg_convention: CfgConvention = "diffusers"
@@ -48,22 +49,22 @@ class SDSConfig:
     weighting: Weighting = "1-alpha"
     """``w(t)``: ``"1-alpha"`` = ``1 − ᾱ_t``, ``"uniform"`` = 1,
     ``"sqrt_alpha_1-alpha"`` = ``√ᾱ_t (1 − ᾱ_t)``."""
-    t_min: float = 0.02
+    t_min: float = checked(0.02, FRACTION)
     """Lowest timestep, as a fraction of the prior's training timesteps."""
-    t_max: float = 0.98
+    t_max: float = checked(0.98, FRACTION)
     """Highest timestep at the start of training (fraction)."""
     anneal: Anneal = "uniform"
     """How the range moves with progress: constant, ``t_max`` linearly or along ``sqrt(p)`` down to
     ``t_max_end``, or the piecewise-constant ``stages``."""
-    t_max_end: float = 0.5
+    t_max_end: float = checked(0.5, FRACTION)
     """``t_max`` at the end of training for the ``linear`` and ``sqrt`` anneals."""
     stages: tuple[schedules.Stage, ...] = field(default_factory=tuple)
     """Stages of the ``staged`` anneal."""
     one_timestep_per_batch: bool = False
     """Draw one ``t`` for the whole batch (else one per image)."""
-    grad_clip: float | None = None
+    grad_clip: float | None = checked(None, low=0, high=1e6)
     """Clamp each gradient element to ``±grad_clip`` at the start of training (``None``: no clipping)."""
-    grad_clip_end: float | None = None
+    grad_clip_end: float | None = checked(None, low=0, high=1e6)
     """Clip value at the end of training, linear in progress between (``None``: constant ``grad_clip``)."""
     resize_to_prior: bool = True
     """Resize renders to the prior's native resolution before encoding (bilinear)."""

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from recon.atomic import atomic_write_bytes
-from recon.errors import UserError
+from recon.errors import FRACTION, UserError, checked
 
 SH_C0 = 0.28209479177387814
 
@@ -372,18 +372,18 @@ class DensifyConfig:
 
     kind: Literal["default", "mcmc", "none"] = "default"
     """``default``: clone/split/prune/reset (CPU and CUDA); ``mcmc`` needs CUDA; ``none`` disables."""
-    grow_grad2d: float = 0.0002
+    grow_grad2d: float = checked(0.0002, low=0, high=1000)
     """Screen-space gradient threshold above which a Gaussian is cloned or split."""
-    grow_scale3d: float = 0.01
+    grow_scale3d: float = checked(0.01, low=0, high=1000)
     """Gaussians smaller than this (× scene scale) are cloned, larger ones split."""
-    prune_opa: float = 0.005
+    prune_opa: float = checked(0.005, FRACTION)
     """Gaussians below this opacity are pruned."""
-    prune_scale3d: float = 0.1
+    prune_scale3d: float = checked(0.1, low=0, high=1000)
     """Gaussians larger than this (× scene scale) are pruned after the first opacity reset."""
-    refine_start_iter: int = 500
-    refine_stop_iter: int = 15_000
-    refine_every: int = 100
-    reset_every: int = 3000
+    refine_start_iter: int = checked(500, low=0, high=1_000_000_000)
+    refine_stop_iter: int = checked(15_000, low=0, high=1_000_000_000)
+    refine_every: int = checked(100, low=1, high=1_000_000_000)
+    reset_every: int = checked(3000, low=1, high=1_000_000_000)
     verbose: bool = False
 
 

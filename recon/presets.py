@@ -19,7 +19,7 @@ from dataclasses import fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from recon.errors import UserError
+from recon.errors import UserError, check_fields
 from recon.runs import config_from_dict, read_pipeline_yaml
 
 PRESET_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -68,7 +68,7 @@ def load_preset(name_or_path: str | Path, pipelines: tuple[str, ...] | None = No
         pipelines: The pipelines the caller can run (``generate`` runs text-to-3D ones); others are refused.
 
     Raises:
-        UserError: a missing file, bad YAML, an unknown pipeline, key or wrongly typed value.
+        UserError: a missing file, bad YAML, an unknown pipeline, key, wrongly typed or out-of-range value.
     """
     path = preset_path(name_or_path)
     pipeline, data = read_pipeline_yaml(path)
@@ -79,6 +79,7 @@ def load_preset(name_or_path: str | Path, pipelines: tuple[str, ...] | None = No
         raise UserError(f"{path} is a {pipeline!r} preset; this command runs {', '.join(pipelines)}")
     try:
         config = config_from_dict(classes[pipeline], data)
+        check_fields(config)
     except UserError as err:
         raise UserError(f"{path}: {err}") from None
     return pipeline, config

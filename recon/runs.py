@@ -22,15 +22,15 @@ import torch
 import yaml
 
 from recon.atomic import atomic_write_text
-from recon.errors import UserError, check_out_root, check_range
+from recon.errors import FACES, TEXTURE_SIZE, UserError, check_out_root, check_range
 from recon.gaussians import GaussianModel
 
 log = logging.getLogger("sds3d.runs")
 
 EXPORT_FORMATS = ("glb", "obj", "ply", "splat")
-FACES_RANGE = (12, 5_000_000)
+FACES_RANGE = (FACES.low, FACES.high)
 """Face budgets of an exported mesh (a closed surface needs a dozen faces at least)."""
-TEXTURE_SIZE_RANGE = (16, 8192)
+TEXTURE_SIZE_RANGE = (TEXTURE_SIZE.low, TEXTURE_SIZE.high)
 """Side of a baked texture in texels."""
 REFERENCE_SH_DEGREE = 3
 """SH degree whose ``f_rest_*`` layout the reference 3DGS loader and SIBR expect in ``splats.ply``."""

@@ -32,7 +32,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from recon.atomic import atomic_torch_save, atomic_write_text
-from recon.errors import UserError
+from recon.errors import CHECKPOINT_EVERY, SEED, UserError, checked
 from recon.gaussians import DensifyConfig, GaussianModel, make_strategy
 from recon.metrics import psnr  # noqa: F401 - re-exported: recon.train.psnr predates recon.metrics
 
@@ -252,15 +252,15 @@ class Stage:
 class TrainConfig:
     """Loop settings shared by every pipeline."""
 
-    seed: int = 0
+    seed: int = checked(0, SEED)
     """Seed of every random choice (cameras, noise, timesteps)."""
-    checkpoint_every: int = 100
+    checkpoint_every: int = checked(100, CHECKPOINT_EVERY)
     """Steps between checkpoints (``ckpt/last.pt``); a killed run loses at most this many."""
-    max_bad_steps: int = 20
+    max_bad_steps: int = checked(20, low=1, high=1_000_000_000)
     """Abort (with a clear error) after this many consecutive non-finite steps."""
     progress_bar: bool = True
     """Show a tqdm bar (Gradio's ``track_tqdm`` picks it up)."""
-    scene_scale: float = 1.0
+    scene_scale: float = checked(1.0, low=1e-9, high=1e9)
     """Scale of the scene (learning rate of means, densification thresholds)."""
 
 

@@ -8,31 +8,35 @@ from typing import Annotated, Literal
 
 import tyro
 
+from recon.errors import IMAGE_SIDE, KEYFRAMES, SEED, STEPS, checked
+
 
 @dataclass
 class BatchCommand:
     """Reconstruct many inputs; each gets its own folder, OUT/manifest.jsonl records every job, done
     jobs are skipped on a rerun and a failing input never stops the others."""
 
-    inputs: Annotated[tuple[Path, ...], tyro.conf.Positional] = ()
+    inputs: Annotated[tuple[Path, ...], tyro.conf.Positional] = checked(
+        (), path="exists", fix="pass videos, image folders, transforms.json files or COLMAP folders"
+    )
     """Videos, image folders, transforms.json files or COLMAP folders."""
-    list: Path | None = None
+    list: Path | None = checked(None, path="file", fix="pass a text file with one input per line")
     """A text file with one input per line (blank lines and # comments ignored)."""
     executor: Literal["local", "ray"] = "local"
     """local: one job after another in this process; ray: one Ray task per input."""
     address: str | None = None
     """Ray cluster address (e.g. auto or ray://head:10001); default: start a local Ray."""
-    retries: int = 1
+    retries: int = checked(1, low=0, high=100)
     """Extra attempts of a job after an unexpected error (bad input is not retried)."""
-    out: Path = Path("outputs/batch")
+    out: Path = checked(Path("outputs/batch"), path="out_folder")
     """Output root: one folder per input plus manifest.jsonl."""
-    max_frames: int = 60
+    max_frames: int = checked(60, KEYFRAMES)
     """Keyframes taken from a video at most."""
-    steps: int = 1500
+    steps: int = checked(1500, STEPS)
     """Optimization steps per job."""
-    resolution: int = 0
+    resolution: int = checked(0, IMAGE_SIDE)
     """Longer image side used for fitting (0: the input's)."""
-    seed: int = 0
+    seed: int = checked(0, SEED)
     """Random seed."""
 
     def all_inputs(self) -> list[str]:

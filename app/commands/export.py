@@ -8,18 +8,24 @@ from typing import Annotated, Literal
 
 import tyro
 
+from recon.errors import FACES, TEXTURE_SIZE, checked
+
 
 @dataclass
 class ExportCommand:
     """Export a run as a textured mesh (GLB, OBJ+MTL+PNG) and/or Gaussian splats (PLY, .splat)."""
 
-    run_dir: Annotated[Path, tyro.conf.Positional]
+    run_dir: Annotated[Path, tyro.conf.Positional] = checked(
+        path="folder", fix="it has no checkpoint to export: pass the run folder `sds3d generate` printed"
+    )
     """The run folder printed by `sds3d generate`."""
-    format: tuple[Literal["glb", "obj", "ply", "splat"], ...] = ("glb", "obj", "ply", "splat")
+    format: tuple[Literal["glb", "obj", "ply", "splat"], ...] = checked(
+        ("glb", "obj", "ply", "splat"), nonempty=True, fix="choose from glb obj ply splat"
+    )
     """What to write into RUN_DIR/export."""
-    faces: int = 20_000
+    faces: int = checked(20_000, FACES)
     """Face budget of the mesh."""
-    texture_size: int = 512
+    texture_size: int = checked(512, TEXTURE_SIZE)
     """Side of the baked texture in texels."""
     method: Literal["auto", "marching_cubes", "tsdf"] = "auto"
     """Surface extraction: auto = marching cubes on the Gaussians' opacity field for text-to-3D runs,

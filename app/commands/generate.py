@@ -9,6 +9,7 @@ from typing import Annotated, ClassVar, Literal
 import tyro
 
 from app.presets import PresetCommand
+from recon.errors import CHECKPOINT_EVERY, FACES, SEED, STEPS, TEXTURE_SIZE, checked
 
 
 @dataclass
@@ -39,10 +40,10 @@ class GenerateCommand(PresetCommand):
     stabledreamer-if-sd); the flags you give override it."""
     pipeline: Literal["stabledreamer", "dreamcraft3d"] = "stabledreamer"
     """The method: stabledreamer (text to 3D) or dreamcraft3d (image to 3D: needs --image)."""
-    image: str = ""
+    image: str = checked("", path="file", suffixes=(".png", ".jpg", ".jpeg", ".webp", ".bmp"))
     """dreamcraft3d: the reference picture (RGBA keeps its alpha as the mask; RGB on a plain
     background is segmented)."""
-    mask: str = ""
+    mask: str = checked("", path="file")
     """dreamcraft3d: a mask image (white = object) that overrides the picture's segmentation."""
     view_prior: str = "none"
     """dreamcraft3d: view-conditioned prior: none (the default until it lands), embedded, a Zero123
@@ -59,22 +60,22 @@ class GenerateCommand(PresetCommand):
     """Prior of the color stage: same, a hub id or a local folder."""
     allow_download: bool = False
     """Allow downloading hub checkpoints (off: only what is cached locally)."""
-    steps: int | None = None
+    steps: int | None = checked(None, STEPS)
     """Optimization steps (default: the pipeline's; stabledreamer 300; dreamcraft3d splits them over
     its four stages in the proportions of its defaults, 300/100/200/200)."""
-    seed: int = 0
+    seed: int = checked(0, SEED)
     """Random seed."""
-    checkpoint_every: int = 100
+    checkpoint_every: int = checked(100, CHECKPOINT_EVERY)
     """Steps between checkpoints (a killed run loses at most this many)."""
-    out: Path = Path("outputs")
+    out: Path = checked(Path("outputs"), path="out_folder")
     """Root of the output tree."""
-    resume: Path | None = None
+    resume: Path | None = checked(None, path="folder", fix="pass the run folder `sds3d generate` printed")
     """Resume the run in this folder from its last checkpoint. Its settings are read from its config.yaml:
     a prompt, --steps, --seed (or another setting of the run) that differs from it is refused; only
     --faces, --texture-size and --no-export (the export) may change."""
-    faces: int = 20_000
+    faces: int = checked(20_000, FACES)
     """Face budget of the exported mesh."""
-    texture_size: int = 512
+    texture_size: int = checked(512, TEXTURE_SIZE)
     """Side of the baked texture."""
     no_export: bool = False
     """Skip the export step."""

@@ -9,6 +9,7 @@ from typing import Annotated, ClassVar, Literal
 import tyro
 
 from app.presets import PresetCommand
+from recon.errors import HOLDOUT_EVERY, IMAGE_SIDE, KEYFRAMES, SEED, STEPS, checked
 
 
 @dataclass
@@ -25,21 +26,23 @@ class ReconstructCommand(PresetCommand):
         "representation": "representation",
     }
 
-    input: Annotated[Path, tyro.conf.Positional]
+    input: Annotated[Path, tyro.conf.Positional] = checked(
+        path="exists", fix="pass a video, an image folder, a transforms.json or a COLMAP folder"
+    )
     """A video (mp4, mov, ...), an image folder, a transforms.json or a COLMAP folder (sparse/0 + images)."""
     config: Path | None = None
     """A preset: a YAML file or the name of one in configs/ (video-recon); the flags you give override it."""
-    out: Path = Path("outputs")
+    out: Path = checked(Path("outputs"), path="out_folder")
     """Root of the output tree (the run goes to OUT/video_recon/<name>-<time>)."""
-    max_frames: int = 60
+    max_frames: int = checked(60, KEYFRAMES)
     """Keyframes taken from a video at most."""
-    steps: int = 1500
+    steps: int = checked(1500, STEPS)
     """Optimization steps."""
-    resolution: int = 0
+    resolution: int = checked(0, IMAGE_SIDE)
     """Longer image side used for fitting, in pixels (0: the input's)."""
-    seed: int = 0
+    seed: int = checked(0, SEED)
     """Random seed."""
-    holdout_every: int = 8
+    holdout_every: int = checked(8, HOLDOUT_EVERY)
     """Hold out every k-th view for evaluation (0: none)."""
     representation: Literal["gaussians", "nerf"] = "gaussians"
     """What is fitted: 3D Gaussians (mesh + splats) or a NeRF field (mesh; preset video-recon-nerf)."""

@@ -26,7 +26,7 @@ from recon.atomic import atomic_write, atomic_write_text
 from recon.cameras import Cameras
 from recon.data.poses import SfMConfig, import_pycolmap, run_sfm
 from recon.data.video import VIDEO_SUFFIXES, KeyframeConfig, check_camera_moves, video_keyframes
-from recon.errors import UserError
+from recon.errors import FRACTION, IMAGE_SIDE, UserError, check_fields, checked
 
 log = logging.getLogger("sds3d.datasets")
 
@@ -65,9 +65,9 @@ class SceneConfig:
     """Video frame sampling and keyframe selection."""
     sfm: SfMConfig = field(default_factory=SfMConfig)
     """Structure-from-motion settings (videos and unposed image folders)."""
-    resolution: int = 0
+    resolution: int = checked(0, IMAGE_SIDE)
     """Longer image side in pixels after loading (0: keep the input's)."""
-    background: float = 1.0
+    background: float = checked(1.0, FRACTION)
     """Grey level images with alpha are composited on."""
     normalize: bool = True
     """Recenter, rescale and rotate the scene to sds3d's frame (+Y up, cameras at distance ~3)."""
@@ -276,6 +276,7 @@ def load_scene(source: str | Path, config: SceneConfig, work_dir: Path) -> Scene
     Returns:
         The posed images, normalized when ``config.normalize``.
     """
+    check_fields(config)
     source = Path(source)
     if not source.exists():
         raise UserError(f"input {source} does not exist; pass a video, an image folder, a transforms.json "

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from recon.errors import UserError
+from recon.errors import FRACTION, SEED, UserError, checked
 
 log = logging.getLogger("sds3d.poses")
 
@@ -27,29 +27,29 @@ class SfMConfig:
     matching: Literal["auto", "sequential", "exhaustive"] = "auto"
     """``sequential`` for video frames, ``exhaustive`` for unordered photos; ``auto`` picks exhaustive
     up to ``exhaustive_max_images`` images, sequential above."""
-    exhaustive_max_images: int = 40
+    exhaustive_max_images: int = checked(40, low=0, high=100_000)
     """Largest image set ``auto`` matches exhaustively."""
-    sequential_overlap: int = 10
+    sequential_overlap: int = checked(10, low=1, high=10_000)
     """Sequential matching: each image is matched with this many following images."""
-    max_features: int = 4096
+    max_features: int = checked(4096, low=1, high=1_000_000)
     """SIFT features per image at most."""
-    peak_threshold: float = 0.002
+    peak_threshold: float = checked(0.002, FRACTION)
     """SIFT peak threshold (COLMAP's default 0.0067 finds few features in small, low-contrast frames)."""
-    camera_model: str = "SIMPLE_RADIAL"
+    camera_model: str = checked("SIMPLE_RADIAL", nonempty=True)
     """COLMAP camera model (``SIMPLE_RADIAL``: one focal length and one radial distortion term;
     ``SIMPLE_PINHOLE`` for distortion-free input; ``OPENCV`` for wide lenses)."""
-    min_inliers: int = 15
+    min_inliers: int = checked(15, low=1, high=100_000)
     """Inlier matches needed to register an image (twice this to start a model; COLMAP's defaults,
     30 and 100, suit megapixel photos, not 160-pixel frames)."""
-    min_registered_fraction: float = 0.5
+    min_registered_fraction: float = checked(0.5, FRACTION)
     """Fail when SfM registers fewer than this fraction of the images."""
-    min_registered: int = 6
+    min_registered: int = checked(6, low=0, high=100_000)
     """Fail when SfM registers fewer images than this."""
     single_camera: bool = True
     """All images share one camera (true for a video; false for photos from several cameras)."""
-    num_threads: int = 2
+    num_threads: int = checked(2, low=-1, high=1024)
     """Threads for extraction, matching and mapping (-1: all cores)."""
-    seed: int = 0
+    seed: int = checked(0, SEED)
     """Seed of COLMAP's RANSAC and mapper (reproducible poses)."""
 
 

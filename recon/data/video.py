@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from recon.atomic import atomic_write
-from recon.errors import UserError
+from recon.errors import FRACTION, IMAGE_SIDE, KEYFRAMES, UserError, checked
 
 log = logging.getLogger("sds3d.video")
 
@@ -27,15 +27,15 @@ VIDEO_SUFFIXES = (".mp4", ".mov", ".m4v", ".avi", ".mkv", ".webm", ".mpg", ".mpe
 class KeyframeConfig:
     """How frames are sampled and keyframes selected."""
 
-    max_frames: int = 400
+    max_frames: int = checked(400, low=2, high=100_000)
     """Frames decoded at most (evenly spaced over the clip when it has more)."""
-    max_keyframes: int = 60
+    max_keyframes: int = checked(60, KEYFRAMES)
     """Keyframes kept at most (one per segment of the clip)."""
-    min_keyframes: int = 8
+    min_keyframes: int = checked(8, low=1, high=10_000)
     """Fewer usable frames than this is an error: SfM and the fit need views from many places."""
-    max_side: int = 0
+    max_side: int = checked(0, IMAGE_SIDE)
     """Resize frames so that their longer side is at most this many pixels (0: keep)."""
-    min_difference: float = 0.01
+    min_difference: float = checked(0.01, FRACTION)
     """Mean absolute difference (0-1 scale) below which a frame duplicates the previous keyframe."""
 
 

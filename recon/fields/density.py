@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from recon.errors import checked
 from recon.fields.base import FieldSample, plain_config
 from recon.fields.encoding import DenseGridEncoding, HashGridEncoding, total_variation
 
@@ -23,34 +24,34 @@ from recon.fields.encoding import DenseGridEncoding, HashGridEncoding, total_var
 class DensityFieldConfig:
     """Configuration of :class:`DensityField`."""
 
-    radius: float = 1.0
+    radius: float = checked(1.0, low=0, high=1000)
     """Half size of the cube ``[-radius, radius]^3`` the field lives in (empty outside)."""
-    grid_resolution: int = 64
+    grid_resolution: int = checked(64, low=2, high=1024)
     """Voxels per axis of the dense feature grid."""
-    features: int = 12
+    features: int = checked(12, low=1, high=1024)
     """Feature channels of the grid."""
-    hidden: int = 64
+    hidden: int = checked(64, low=1, high=4096)
     """Width of the MLP's hidden layers."""
-    hidden_layers: int = 1
+    hidden_layers: int = checked(1, low=0, high=64)
     """Hidden layers of the MLP."""
     encoding: Literal["dense", "hash"] = "dense"
     """Point encoding: ``"dense"`` (runs everywhere) or ``"hash"`` (tinycudann, CUDA only); see
     :func:`recon.fields.encoding.select_encoding`."""
-    grid_init_std: float = 1e-2
+    grid_init_std: float = checked(1e-2, low=0, high=100)
     """Standard deviation of the grid's normal initialisation."""
     density_bias: Literal["blob", "none"] = "blob"
     """``"blob"``: add ``blob_density * (1 - |x| / blob_radius)`` to the raw density (threestudio's
     ``blob_magic3d``), a ball at the origin to start from; ``"none"``: no bias."""
-    blob_density: float = 10.0
+    blob_density: float = checked(10.0, low=0, high=1e4)
     """Raw density added at the origin by the blob bias."""
-    blob_radius: float = 0.5
+    blob_radius: float = checked(0.5, low=0.001, high=100)
     """Radius where the blob bias crosses zero."""
-    density_shift: float = 0.0
+    density_shift: float = checked(0.0, low=-100, high=100)
     """Added to the raw density before the softplus (negative values start the field emptier,
     like DVGO's ``alpha_init``)."""
     view_dependent: bool = False
     """Feed an encoding of the view direction to the color head (off: color depends on position only)."""
-    direction_frequencies: int = 2
+    direction_frequencies: int = checked(2, low=0, high=16)
     """Sinusoid frequencies per axis of the direction encoding (when view dependent)."""
 
 

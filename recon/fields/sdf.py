@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from recon.errors import checked
 from recon.fields.base import FieldSample, plain_config
 from recon.fields.encoding import DenseGridEncoding, HashGridEncoding, total_variation
 
@@ -85,46 +86,46 @@ class MultiResolutionDenseGrid(nn.Module):
 class SDFFieldConfig:
     """Configuration of :class:`SDFField`."""
 
-    radius: float = 1.0
+    radius: float = checked(1.0, low=0.001, high=1000)
     """Half size of the cube ``[-radius, radius]^3`` the field lives in (empty outside)."""
-    grid_resolutions: tuple[int, ...] = (16, 32, 64)
+    grid_resolutions: tuple[int, ...] = checked((16, 32, 64), low=2, high=1024, nonempty=True)
     """Voxels per axis of each level of the dense feature grid (:class:`MultiResolutionDenseGrid`).
     Coarse levels move whole regions at once, which a fit from a few hundred ray batches needs: a
     single 64^3 level gets too sparse a gradient per voxel and stalls near the starting sphere."""
-    features: int = 4
+    features: int = checked(4, low=1, high=1024)
     """Feature channels per grid level."""
     encoding: Literal["dense", "hash"] = "dense"
     """Point encoding: ``"dense"`` (runs everywhere) or ``"hash"`` (tinycudann, CUDA only)."""
-    grid_init_std: float = 1e-2
+    grid_init_std: float = checked(1e-2, low=0, high=100)
     """Standard deviation of the grid's normal initialisation."""
     gradient: Literal["analytic", "autograd"] = "analytic"
     """How the SDF's spatial gradient (normals, eikonal) is formed: ``"analytic"`` carries the
     trilinear weights' derivatives through the MLP in forward mode (dense grid only; a plain
     first-order graph, about twice as fast on a CPU as) ``"autograd"``: ``torch.autograd.grad`` with
     ``create_graph``, which needs ``grid_sample``'s double backward. Both give the same numbers."""
-    hidden: int = 32
+    hidden: int = checked(32, low=1, high=4096)
     """Width of the geometry MLP's hidden layers."""
-    hidden_layers: int = 1
+    hidden_layers: int = checked(1, low=0, high=64)
     """Hidden layers of the geometry MLP (softplus with beta 100, as IDR / DP-Recon); its output layer
     also sees the grid features directly (a linear skip)."""
-    geo_features: int = 15
+    geo_features: int = checked(15, low=1, high=1024)
     """Size of the geometric feature the geometry MLP hands to the color head."""
-    color_hidden: int = 32
+    color_hidden: int = checked(32, low=1, high=4096)
     """Width of the color head's hidden layer."""
     color_uses_normals: bool = True
     """Feed the normal to the color head (IDR's rendering network), so shading follows the geometry."""
     color_uses_directions: bool = False
     """Feed the view direction to the color head (view-dependent color)."""
-    num_objects: int = 0
+    num_objects: int = checked(0, low=0, high=64)
     """``K``: 0 for one surface (one SDF channel); ``K >= 1`` for ``K`` object channels plus a
     background channel (channel 0), composed by their minimum."""
-    sphere_radius: float = 0.5
+    sphere_radius: float = checked(0.5, low=0.001, high=100)
     """Radius of the sphere every object channel (or the single channel) starts as."""
-    sphere_center: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    sphere_center: tuple[float, float, float] = checked((0.0, 0.0, 0.0), low=-1000, high=1000)
     """Centre of the starting sphere of the single channel, and of object channels without their own."""
     object_centers: tuple[tuple[float, float, float], ...] = ()
     """Starting sphere centres of the object channels ``1..K`` (empty: all at ``sphere_center``)."""
-    background_radius: float = 2.0
+    background_radius: float = checked(2.0, low=0, high=1000)
     """The background channel starts as an inverted sphere ``background_radius - |x|`` (positive
     inside, as DP-Recon's room). Beyond the box's half diagonal (``sqrt(3) * radius``) it has no
     surface in the box: an empty background for object-centric scenes."""
@@ -139,15 +140,15 @@ class SDFFieldConfig:
     needs ``beta`` of the order of the sample spacing, and its silhouettes sit about ``2.3 beta``
     outside the zero level set (measured on a fitted cube: mesh 0.015-0.035 inside the truth, NeuS
     0.01-0.015 outside; DP-Recon's error-bound sampler is what lets ``beta`` shrink there)."""
-    beta_init: float = 0.1
+    beta_init: float = checked(0.1, low=1e-8, high=100)
     """VolSDF: starting Laplace scale ``beta`` (DP-Recon 0.1)."""
-    beta_min: float = 1e-4
+    beta_min: float = checked(1e-4, low=0, high=100)
     """VolSDF: lower bound added to ``|beta|`` (DP-Recon 1e-4)."""
-    variance_init: float = 0.3
+    variance_init: float = checked(0.3, low=-10, high=10)
     """NeuS: starting variance parameter; ``inv_s = exp(10 * variance)`` (0.3 -> 20.1, DreamCraft3D)."""
-    inv_s_max: float = 1e6
+    inv_s_max: float = checked(1e6, low=1, high=1e12)
     """NeuS: upper clamp of ``inv_s``."""
-    cos_anneal_steps: int = 0
+    cos_anneal_steps: int = checked(0, low=0, high=10_000_000)
     """NeuS: steps over which the cosine annealing ratio grows 0 -> 1 (0: no annealing, ratio 1)."""
 
 

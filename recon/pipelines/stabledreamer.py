@@ -32,7 +32,18 @@ from priors import embedded_latent_source, resolve_prior_name
 from priors.model import PromptConditioning
 from priors.sds import SDSConfig, SDSLoss
 from recon.cameras import sample_hemisphere_cameras, view_direction_words
-from recon.errors import UserError, check_range
+from recon.errors import (
+    CHECKPOINT_EVERY,
+    FRACTION,
+    IMAGE_SIDE,
+    LEARNING_RATE,
+    SEED,
+    STEPS,
+    WEIGHT,
+    UserError,
+    check_fields,
+    checked,
+)
 from recon.fields import DensityField, DensityFieldConfig
 from recon.gaussians import DensifyConfig, GaussianModel
 from recon.render import render_gaussians
@@ -60,33 +71,33 @@ class StableDreamerConfig:
     when one is shipped), a hub id (e.g. stabilityai/stable-diffusion-2-1-base) or a local folder."""
     allow_download: bool = False
     """Let diffusers download hub checkpoints (otherwise only the local cache is used)."""
-    steps: int = 300
+    steps: int = checked(300, STEPS)
     """Total optimization steps over both stages."""
-    geometry_fraction: float = 0.6
+    geometry_fraction: float = checked(0.6, FRACTION)
     """Fraction of the steps spent in the geometry (image-space prior) stage."""
-    seed: int = 0
+    seed: int = checked(0, SEED)
     """Seed of every random choice."""
-    num_gaussians: int = 2048
+    num_gaussians: int = checked(2048, low=1, high=10_000_000)
     """Gaussians at initialisation."""
-    init_radius: float = 0.6
+    init_radius: float = checked(0.6, low=0.001, high=100)
     """Radius of the ball the Gaussians start in."""
-    init_opacity: float = 0.3
+    init_opacity: float = checked(0.3, low=0.0001, high=0.9999)
     """Initial opacity of every Gaussian."""
-    sh_degree: int = 0
+    sh_degree: int = checked(0, low=0, high=3)
     """SH degree of the colors (SDS gives little view-dependent signal: 0 is the usual choice)."""
-    views_per_step: int = 4
+    views_per_step: int = checked(4, low=1, high=64)
     """Cameras rendered per step (the SDS batch)."""
-    resolution: int = 0
+    resolution: int = checked(0, IMAGE_SIDE)
     """Render resolution; 0 = the prior's native resolution."""
-    elevation_range_deg: tuple[float, float] = (-10.0, 50.0)
+    elevation_range_deg: tuple[float, float] = checked((-10.0, 50.0), low=-90, high=90, ordered=True)
     """Camera elevation range."""
-    distance_range: tuple[float, float] = (3.0, 3.0)
+    distance_range: tuple[float, float] = checked((3.0, 3.0), low=0.01, high=1000, ordered=True)
     """Camera distance range (the embedded prior was trained at distance 3)."""
-    fov_range_deg: tuple[float, float] = (40.0, 40.0)
+    fov_range_deg: tuple[float, float] = checked((40.0, 40.0), low=1, high=179, ordered=True)
     """Camera vertical field of view range (the embedded prior was trained at 40 deg)."""
     view_dependent_prompt: bool = True
     """Append "front view" / "side view" / "back view" / "overhead view" to the prompt."""
-    background: float = 1.0
+    background: float = checked(1.0, FRACTION)
     """Gray level of the background the Gaussians are rendered over (the embedded prior uses white)."""
     sds: SDSConfig = field(
         default_factory=lambda: SDSConfig(
@@ -94,15 +105,15 @@ class StableDreamerConfig:
         )
     )
     """Score distillation settings; the timestep range anneals over each stage."""
-    color_guidance_scale: float = 0.0
+    color_guidance_scale: float = checked(0.0, low=0, high=1000)
     """Guidance of the color stage (0: same as ``sds.guidance_scale``)."""
-    opacity_reg: float = 0.001
+    opacity_reg: float = checked(0.001, WEIGHT)
     """Weight of the mean-opacity penalty (fewer, more decisive Gaussians; fewer floaters)."""
-    scale_reg: float = 0.1
+    scale_reg: float = checked(0.1, WEIGHT)
     """Weight of the penalty on Gaussians larger than ``max_scale`` or more elongated than ``max_aniso``."""
-    max_scale: float = 0.15
+    max_scale: float = checked(0.15, low=1e-6, high=100)
     """Largest comfortable Gaussian standard deviation (world units)."""
-    max_aniso: float = 6.0
+    max_aniso: float = checked(6.0, low=1, high=1e6)
     """Largest comfortable ratio of a Gaussian's longest to shortest axis (needles above)."""
     densify: DensifyConfig = field(
         default_factory=lambda: DensifyConfig(
@@ -110,25 +121,25 @@ class StableDreamerConfig:
         )
     )
     """Density control of the geometry stage."""
-    lr_means: float = 3e-3
-    lr_scales: float = 5e-3
-    lr_opacities: float = 5e-2
-    lr_colors: float = 1e-2
+    lr_means: float = checked(3e-3, LEARNING_RATE)
+    lr_scales: float = checked(5e-3, LEARNING_RATE)
+    lr_opacities: float = checked(5e-2, LEARNING_RATE)
+    lr_colors: float = checked(1e-2, LEARNING_RATE)
     nerf: DensityFieldConfig = field(
         default_factory=lambda: DensityFieldConfig(radius=1.0, grid_resolution=48, features=8, hidden=32)
     )
     """The density field of ``representation="nerf"`` (blob bias on: the shape starts as a ball)."""
-    nerf_samples: int = 64
+    nerf_samples: int = checked(64, low=1, high=4096)
     """Samples per ray of ``representation="nerf"`` (stratified during training)."""
-    nerf_sparsity_reg: float = 0.01
+    nerf_sparsity_reg: float = checked(0.01, WEIGHT)
     """Weight of the mean rendered opacity (against a field that fills the view; NeRF only)."""
-    nerf_tv_reg: float = 0.1
+    nerf_tv_reg: float = checked(0.1, WEIGHT)
     """Weight of the feature grid's total variation (smooth, floater-free grids; NeRF only)."""
-    nerf_occupancy_resolution: int = 32
+    nerf_occupancy_resolution: int = checked(32, low=0, high=512)
     """Cells per axis of the occupancy grid that skips empty space (NeRF only; 0: off)."""
-    nerf_mesh_level: float = 5.0
+    nerf_mesh_level: float = checked(5.0, low=0, high=1e6)
     """Density iso level of the exported mesh's marching cubes (NeRF only)."""
-    checkpoint_every: int = 100
+    checkpoint_every: int = checked(100, CHECKPOINT_EVERY)
     """Steps between checkpoints."""
     progress_bar: bool = True
 
@@ -200,23 +211,14 @@ def _concat_conditioning(parts: list[PromptConditioning]) -> PromptConditioning:
 
 
 def validate(config: StableDreamerConfig) -> None:
-    """Raises a UserError for input a run cannot start with."""
+    """Raises a UserError for input a run cannot start with (every field's declaration, then the rest)."""
     if not config.prompt or not config.prompt.strip():
         raise UserError('the prompt is empty; say what to make, e.g. sds3d generate "a red cube"')
-    if config.steps <= 0:
-        raise UserError(f"--steps must be positive, got {config.steps}")
-    if not 0.0 < config.geometry_fraction <= 1.0:
+    check_fields(config)
+    if config.geometry_fraction <= 0.0:
         raise UserError(f"geometry_fraction must be in (0, 1], got {config.geometry_fraction}")
-    if config.views_per_step <= 0:
-        raise UserError(f"views_per_step must be positive, got {config.views_per_step}")
-    if config.representation not in ("gaussians", "nerf"):
-        raise UserError(f"unknown representation {config.representation!r}; choose gaussians or nerf")
-    if config.representation == "nerf" and config.nerf_samples <= 0:
-        raise UserError(f"nerf_samples must be positive, got {config.nerf_samples}")
-    check_range("--checkpoint-every", config.checkpoint_every, 1)
-    check_range("num_gaussians", config.num_gaussians, 1, 10_000_000)
-    check_range("sh_degree", config.sh_degree, 0, 3)
-    check_range("resolution", config.resolution, 0, 4096)
+    if config.representation == "nerf" and config.nerf.radius <= 0:
+        raise UserError(f"nerf.radius must be positive for representation nerf, got {config.nerf.radius}")
 
 
 def regularisers(config: StableDreamerConfig) -> list[LossTerm]:

@@ -29,7 +29,20 @@ from torch import Tensor
 
 from recon.cameras import Cameras
 from recon.data.datasets import SceneConfig, SceneData, load_scene, write_transforms
-from recon.errors import UserError
+from recon.errors import (
+    CHECKPOINT_EVERY,
+    FACES,
+    FRACTION,
+    HOLDOUT_EVERY,
+    LEARNING_RATE,
+    SEED,
+    STEPS,
+    TEXTURE_SIZE,
+    WEIGHT,
+    UserError,
+    check_fields,
+    checked,
+)
 from recon.fields import DensityField, DensityFieldConfig
 from recon.gaussians import DensifyConfig, GaussianModel
 from recon.metrics import psnr, ssim
@@ -49,25 +62,25 @@ class VideoReconConfig:
     """Input loading: keyframes, SfM, resolution, background, normalization."""
     representation: Literal["gaussians", "nerf"] = "gaussians"
     """What is fitted: 3D Gaussians, or a NeRF density field (dense grid + small MLP)."""
-    steps: int = 1500
+    steps: int = checked(1500, STEPS)
     """Optimization steps (Gaussians: one training view per step; NeRF: one batch of rays)."""
-    seed: int = 0
+    seed: int = checked(0, SEED)
     """Seed of every random choice."""
-    holdout_every: int = 8
+    holdout_every: int = checked(8, HOLDOUT_EVERY)
     """Every k-th view is held out for evaluation (0: train on all)."""
-    ssim_weight: float = 0.2
+    ssim_weight: float = checked(0.2, FRACTION)
     """Weight λ of D-SSIM in ``(1 - λ) L1 + λ (1 - SSIM)`` (the 3DGS paper's 0.2)."""
-    sh_degree: int = 3
+    sh_degree: int = checked(3, low=0, high=3)
     """Highest SH degree."""
-    sh_degree_interval: int = 100
+    sh_degree_interval: int = checked(100, low=1, high=10_000_000)
     """Steps between raising the SH degree by one (0 → ``sh_degree``)."""
-    init_copies: int = 8
+    init_copies: int = checked(8, low=1, high=1000)
     """Gaussians per SfM point at the start (jittered copies; 1: one per point)."""
-    random_init_points: int = 5000
+    random_init_points: int = checked(5000, low=1, high=10_000_000)
     """Gaussians at random positions when the input has no SfM points (transforms.json)."""
-    random_init_radius: float = 1.2
+    random_init_radius: float = checked(1.2, low=0.001, high=1000)
     """Radius of the ball random Gaussians start in (the scene is normalized to cameras at ~3)."""
-    init_opacity: float = 0.1
+    init_opacity: float = checked(0.1, low=0.0001, high=0.9999)
     """Initial opacity of every Gaussian."""
     densify: DensifyConfig = field(
         default_factory=lambda: DensifyConfig(
@@ -79,30 +92,30 @@ class VideoReconConfig:
         )
     )
     """Adaptive density control (clone / split / prune)."""
-    lr_means: float = 1.6e-4
+    lr_means: float = checked(1.6e-4, LEARNING_RATE)
     """Learning rate of the centers (times the scene scale), decaying 100x."""
-    lr_colors: float = 1e-2
+    lr_colors: float = checked(1e-2, LEARNING_RATE)
     """Learning rate of the SH colors (the paper's 2.5e-3 suits 30k steps; 1e-2 converges in the few
     hundred steps a CPU affords: 25.0 vs 22.0 dB held-out after 300 steps on the synthetic video)."""
-    background: float = 1.0
+    background: float = checked(1.0, FRACTION)
     """Background grey level the Gaussians are rendered over (match the images')."""
-    sds_weight: float = 0.0
+    sds_weight: float = checked(0.0, WEIGHT)
     """Weight of score distillation on random unseen views (0: off)."""
     sds_prior: str = "embedded"
     """Prior of the SDS term: ``embedded``, a hub id or a local diffusers folder."""
     sds_prompt: str = ""
     """Text prompt of the SDS term (what the scene shows)."""
-    checkpoint_every: int = 500
+    checkpoint_every: int = checked(500, CHECKPOINT_EVERY)
     """Steps between checkpoints."""
     export_formats: tuple[str, ...] = ("glb", "obj", "ply", "splat")
     """What to export into ``export/``."""
-    faces: int = 20_000
+    faces: int = checked(20_000, FACES)
     """Face budget of the exported mesh."""
-    texture_size: int = 512
+    texture_size: int = checked(512, TEXTURE_SIZE)
     """Side of the baked texture."""
-    export_views: int = 24
+    export_views: int = checked(24, low=1, high=1024)
     """Views rendered to extract and bake the mesh."""
-    export_image_size: int = 256
+    export_image_size: int = checked(256, low=16, high=4096)
     """Side of those views in pixels."""
     progress_bar: bool = True
     """Show tqdm bars."""
@@ -115,19 +128,19 @@ class VideoReconConfig:
     ``radius`` 0 takes the half side of its box from the scene: the export radius (the SfM points' 95th
     percentile radius x 1.1, else 1.2, which covers an object the cameras at distance ~3 look at), kept in
     [0.5, 2]; a positive ``radius`` is used as given."""
-    nerf_rays_per_step: int = 4096
+    nerf_rays_per_step: int = checked(4096, low=1, high=1 << 24)
     """Rays per step of ``representation="nerf"``, drawn uniformly over the pixels of every training view."""
-    nerf_samples: int = 64
+    nerf_samples: int = checked(64, low=1, high=4096)
     """Samples per ray across the box (stratified during training; NeRF only)."""
-    nerf_occupancy_resolution: int = 64
+    nerf_occupancy_resolution: int = checked(64, low=0, high=512)
     """Cells per axis of the occupancy grid that skips empty space (NeRF only; 0: off)."""
-    nerf_occupancy_warmup: int = 64
+    nerf_occupancy_warmup: int = checked(64, low=0, high=10_000_000)
     """Steps before the occupancy grid starts skipping (it is refreshed every 8 steps; NeRF only)."""
-    nerf_tv_weight: float = 1e-3
+    nerf_tv_weight: float = checked(1e-3, WEIGHT)
     """Weight of the feature grid's total variation (NeRF only)."""
-    nerf_eval_chunk: int = 8192
+    nerf_eval_chunk: int = checked(8192, low=1, high=1 << 24)
     """Rays per render call when evaluating held-out views (bounds memory; NeRF only)."""
-    nerf_mesh_level: float = 5.0
+    nerf_mesh_level: float = checked(5.0, low=0, high=1e6)
     """Density iso level of the exported mesh's marching cubes (NeRF only). The fitted surfaces reach
     densities of 5-15 (blocks, 400 steps: 9 % of the box above 5, about the solids' share; 1 % above 10,
     where level 10 gave 8 faces)."""
@@ -381,31 +394,15 @@ def evaluation_options(trainer: Trainer, config: VideoReconConfig) -> dict:
 
 # ---------------------------------------------------------------------------------------- entry
 def validate(config: VideoReconConfig) -> None:
-    """Raises a UserError for settings a run cannot start with."""
-    if config.steps <= 0:
-        raise UserError(f"--steps must be positive, got {config.steps}")
+    """Raises a UserError for settings a run cannot start with (every field's declaration, then the rest)."""
+    check_fields(config)
     if config.export_formats:  # () exports nothing
         validate_export_options(
             config.export_formats, config.faces, config.texture_size, config.export_image_size,
             config.export_views,
         )  # fmt: skip
-    if not 0 <= config.ssim_weight <= 1:
-        raise UserError(f"ssim_weight must be in [0, 1], got {config.ssim_weight}")
-    if config.representation not in ("gaussians", "nerf"):
-        raise UserError(f"unknown representation {config.representation!r}; choose gaussians or nerf")
     if config.representation != "nerf":
         return
-    for name in ("nerf_rays_per_step", "nerf_samples", "nerf_eval_chunk"):
-        if getattr(config, name) <= 0:
-            raise UserError(f"{name} must be positive, got {getattr(config, name)}")
-    if config.nerf_occupancy_resolution < 0 or config.nerf_occupancy_warmup < 0:
-        raise UserError(
-            "nerf_occupancy_resolution and nerf_occupancy_warmup must be >= 0 (0: no grid / no warm-up)"
-        )
-    if config.nerf.radius < 0:
-        raise UserError(f"nerf.radius must be >= 0 (0: from the scene), got {config.nerf.radius}")
-    if config.nerf_tv_weight < 0:
-        raise UserError(f"nerf_tv_weight must be >= 0, got {config.nerf_tv_weight}")
     if config.sds_weight > 0:
         raise UserError("the SDS term renders Gaussians; set sds_weight 0 or use --representation gaussians")
 
