@@ -123,11 +123,13 @@ class CLIPCameraProjection(ModelMixin, ConfigMixin):
 
     @classmethod
     def load(cls, folder: Path) -> CLIPCameraProjection:
-        """Reads ``folder`` (a ``clip_camera_projection`` subfolder) in either published layout.
+        """Reads ``folder`` (a ``clip_camera_projection`` or ``cc_projection`` subfolder) in either layout.
 
         Accepts ``config.json`` with ``embedding_dim`` / ``additional_embeddings`` (threestudio,
-        dreamgaussian) or ``in_channel`` / ``out_channel`` (the diffusers community pipeline's
-        ``CCProjection``), and weights ``proj.*`` or ``projection.*`` in safetensors or a torch bin.
+        dreamgaussian), ``in_channel`` / ``out_channel``, or neither (the diffusers community pipeline's
+        ``CCProjection`` registers no config: its published ``config.json`` holds only the class name, so
+        the sizes are read off the weights), and weights ``proj.*`` or ``projection.*`` in safetensors or a
+        torch bin.
         """
         folder = Path(folder)
         config_path = folder / "config.json"
@@ -137,18 +139,23 @@ class CLIPCameraProjection(ModelMixin, ConfigMixin):
             raise UserError(f"cannot read the camera projection's config {config_path}: {err}") from err
         if not isinstance(config, dict):
             raise UserError(f"{config_path} is not a JSON object; re-convert the checkpoint")
-        if "embedding_dim" in config:
-            dim, extra = int(config["embedding_dim"]), int(config.get("additional_embeddings", 4))
-        elif "out_channel" in config:
-            dim = int(config["out_channel"])
-            extra = int(config.get("in_channel", dim + 4)) - dim
-        else:
-            raise UserError(f"{config_path} names neither embedding_dim nor out_channel; re-convert it")
         state = _read_weights(folder)
         state = {
             k.replace("projection.", "proj.", 1) if k.startswith("projection.") else k: v
             for k, v in state.items()
         }
+        if "embedding_dim" in config:
+            dim, extra = int(config["embedding_dim"]), int(config.get("additional_embeddings", 4))
+        elif "out_channel" in config:
+            dim = int(config["out_channel"])
+            extra = int(config.get("in_channel", dim + 4)) - dim
+        elif isinstance(weight := state.get("proj.weight"), Tensor) and weight.dim() == 2:
+            dim, extra = weight.shape[0], weight.shape[1] - weight.shape[0]
+        else:
+            raise UserError(
+                f"{config_path} names neither embedding_dim nor out_channel and {folder} has no "
+                "proj.weight / projection.weight to read the sizes from; re-convert the checkpoint"
+            )
         module = cls(embedding_dim=dim, additional_embeddings=extra)
         try:
             module.load_state_dict(state)
@@ -262,7 +269,8 @@ class ViewConditionedPrior:
         if int(unet.config.in_channels) != 2 * self.latent_channels:
             raise UserError(
                 f"the view prior's UNet takes {unet.config.in_channels} input channels; a Zero123 UNet "
-                f"takes 2 x {self.latent_channels} (noisy input + reference). Is this a text-to-image UNet?"
+                f"takes 2 x {self.latent_channels} (noisy input + reference). Is this a text-to-image UNet? "
+                "Pass a Zero123-family checkpoint (e.g. ashawkey/stable-zero123-diffusers) as the view prior"
             )
         self.resolution = self.latent_size * self.vae_scale_factor
         self.is_latent = vae is not None
@@ -380,9 +388,16 @@ class ViewConditionedPrior:
         for required in ("unet", "image_encoder", "scheduler"):
             if required not in parts:
                 raise UserError(f"the view prior {source!r} has no {required} in {index_path}")
-        if not (folder / "clip_camera_projection").is_dir():
-            raise UserError(f"the view prior {source!r} has no clip_camera_projection/ folder")
-        projection = CLIPCameraProjection.load(folder / "clip_camera_projection")
+        projection_dir = next(
+            (folder / n for n in ("clip_camera_projection", "cc_projection") if (folder / n).is_dir()), None
+        )
+        if projection_dir is None:
+            raise UserError(
+                f"the view prior {source!r} has no clip_camera_projection/ (or cc_projection/) folder, the "
+                "camera projection every Zero123 checkpoint needs; download the whole repository again, or "
+                "re-convert the original checkpoint (threestudio's scripts/convert_zero123_to_diffusers.py)"
+            )
+        projection = CLIPCameraProjection.load(projection_dir)
         if torch_dtype is not None:
             projection.to(torch_dtype)
         convention = pose_convention or index.get("_sds3d_pose_convention")
