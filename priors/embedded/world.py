@@ -242,3 +242,45 @@ def sample_colors(
         torch.tensor([primary[n] for n in p_names]),
         torch.tensor([table[n] for n in s_names]),
     )
+
+
+def entry_caption(kind: str, pattern: str, color: str, secondary: str, view_word: str | None = None) -> str:
+    """The caption of an entry in given colours (``recon.data.objects.caption``; primitives without it)."""
+    objects = _objects_module()
+    if objects is None:
+        from recon.data.procedural import caption
+
+        return caption(kind, color, view_word)
+    obj = entry_object(kind, pattern, color, None if pattern == "solid" else secondary)
+    return objects.caption(obj, view_word)
+
+
+def caption_batch(
+    bank: WorldBank,
+    batch_size: int,
+    generator: torch.Generator,
+    view_word_prob: float = 0.7,
+    uncond_prob: float = 0.12,
+) -> tuple[Tensor, list[str], dict[str, Tensor]]:
+    """A random captioned batch of the text priors' training set.
+
+    Returns:
+        ``(images [B, 3, H, W] in [0, 1], captions, labels)``: captions ``"a red chair, front view"``
+        (the view word with probability ``view_word_prob``; the empty caption with ``uncond_prob``),
+        labels ``entry``, ``view`` (index into the bank) and ``view_label`` (into :data:`VIEW_WORDS`).
+    """
+    n_entries, n_views = bank.alpha.shape[:2]
+    entry = torch.randint(n_entries, (batch_size,), generator=generator)
+    view = torch.randint(n_views, (batch_size,), generator=generator)
+    p_names, s_names, primary, secondary = sample_colors(bank, entry, generator)
+    with_view = (torch.rand(batch_size, generator=generator) < view_word_prob).tolist()
+    uncond = (torch.rand(batch_size, generator=generator) < uncond_prob).tolist()
+    labels = bank.view_labels[entry, view]
+    captions = []
+    for i in range(batch_size):
+        kind, pattern = bank.entries[int(entry[i])]
+        word = VIEW_WORDS[int(labels[i])] if with_view[i] else None
+        text = "" if uncond[i] else entry_caption(kind, pattern, p_names[i], s_names[i], word)
+        captions.append(text)
+    images = bank.images(entry, view, primary, secondary)
+    return images, captions, {"entry": entry, "view": view, "view_label": labels}
