@@ -154,7 +154,7 @@ def flag_label(command: Any):
     positional: set[str] = set()
 
     def visit(tp: Any) -> None:
-        if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             for name, hint in typing.get_type_hints(tp, include_extras=True).items():
                 if tyro.conf.Positional in getattr(hint, "__metadata__", ()):
                     positional.add(name)

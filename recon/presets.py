@@ -55,7 +55,7 @@ def preset_path(name_or_path: str | Path) -> Path:
     if path.exists():
         raise UserError(f"--config {name_or_path} is a folder; pass a preset YAML file")
     raise UserError(
-        f"no preset {str(name_or_path)!r}; pass a YAML file or one of: {', '.join(list_presets())} "
+        f"--config: no preset {str(name_or_path)!r}; pass a YAML file or one of: {', '.join(list_presets())} "
         f"(in {PRESET_DIR})"
     )
 

@@ -48,10 +48,26 @@ class BatchCommand:
                 raise UserError(
                     f"--list {self.list} does not exist; pass a text file with one input per line"
                 )
-            lines = (ln.strip() for ln in self.list.read_text().splitlines())
+            try:
+                text = self.list.read_text()
+            except (OSError, UnicodeDecodeError) as err:
+                raise UserError(f"cannot read --list {self.list} ({err}); pass a text file") from None
+            lines = (ln.strip() for ln in text.splitlines())
             items += [ln for ln in lines if ln and not ln.startswith("#")]
         if not items:
             raise UserError("no inputs; pass paths (sds3d batch a.mp4 b.mp4) or --list FILE")
+        from recon.data.datasets import input_kind
+
+        for item in items:  # every input is checked before the first job starts
+            try:
+                input_kind(item)
+            except UserError as err:
+                where = (
+                    f" (listed in --list {self.list})"
+                    if self.list is not None and item not in map(str, self.inputs)
+                    else ""
+                )
+                raise UserError(f"{err}{where}") from None
         return items
 
     def run(self) -> int:

@@ -16,6 +16,7 @@ import math
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -265,6 +266,30 @@ def load_image_folder(folder: Path, config: SceneConfig, work_dir: Path) -> Scen
     return load_colmap(run_sfm(folder, work_dir / "sfm", config.sfm), config.resolution, config.background)
 
 
+def input_kind(source: str | Path) -> Literal["transforms", "video", "colmap", "images"]:
+    """What an input is, from its name and folder listing only (cheap: nothing is decoded).
+
+    Raises:
+        UserError: the path does not exist, or is a folder with no images, transforms.json or COLMAP model.
+    """
+    source = Path(source)
+    if not source.exists():
+        raise UserError(f"input {source} does not exist; pass a video, an image folder, a transforms.json "
+                        "or a COLMAP folder")  # fmt: skip
+    if source.is_file():
+        return "transforms" if source.suffix.lower() == ".json" else "video"
+    if (source / "transforms.json").is_file() or (source / "transforms_train.json").is_file():
+        return "transforms"
+    if find_colmap_model(source) is not None:
+        return "colmap"
+    if not _images_in(source):
+        raise UserError(
+            f"input {source} is a folder with no images ({', '.join(IMAGE_SUFFIXES)}), transforms.json or "
+            "COLMAP model; pass a video, an image folder, a transforms.json or a COLMAP folder"
+        )
+    return "images"
+
+
 def load_scene(source: str | Path, config: SceneConfig, work_dir: Path) -> SceneData:
     """Any supported input — a video, an image folder, a ``transforms.json`` or a COLMAP folder.
 
@@ -278,20 +303,17 @@ def load_scene(source: str | Path, config: SceneConfig, work_dir: Path) -> Scene
     """
     check_fields(config)
     source = Path(source)
-    if not source.exists():
-        raise UserError(f"input {source} does not exist; pass a video, an image folder, a transforms.json "
-                        "or a COLMAP folder")  # fmt: skip
-    if source.is_file() and source.suffix.lower() == ".json":
+    kind = input_kind(source)
+    if kind == "transforms" and source.is_file():
         scene = load_transforms(source, config.resolution, config.background)
-    elif source.is_file():
+    elif kind == "video":
         if source.suffix.lower() not in VIDEO_SUFFIXES:
             log.info("%s: unknown suffix, trying to decode it as a video", source)
         scene = load_video(source, config, work_dir)
-    elif (source / "transforms.json").is_file():
-        scene = load_transforms(source / "transforms.json", config.resolution, config.background)
-    elif (source / "transforms_train.json").is_file():
-        scene = load_transforms(source / "transforms_train.json", config.resolution, config.background)
-    elif find_colmap_model(source) is not None:
+    elif kind == "transforms":
+        name = "transforms.json" if (source / "transforms.json").is_file() else "transforms_train.json"
+        scene = load_transforms(source / name, config.resolution, config.background)
+    elif kind == "colmap":
         scene = load_colmap(source, config.resolution, config.background)
     else:
         scene = load_image_folder(source, config, work_dir)
