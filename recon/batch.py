@@ -1,16 +1,19 @@
 """Many reconstructions: one pure, idempotent job per input, a JSONL manifest, local or Ray executors.
 
+* A job is keyed by its input and its settings (:func:`settings_key`, a hash of every setting that
+  shapes the result), so a rerun with a changed setting redoes the job; ``force`` redoes every job.
 * :func:`run_job` ``(input, config, out_root) -> record`` reconstructs one input into its own folder
   ``out_root/<stem>-<hash of the absolute path>`` (the same input always maps to the same folder).
   It works in a hidden temp folder and renames it into place on success, so a folder that exists is
-  complete; a folder that exists is not redone. Errors become a failed record — nothing raises.
-* The manifest ``out_root/manifest.jsonl`` gets one line per finished job (``input``, ``status``
-  ``ok|failed``, ``error``, ``metrics``, ``seconds``, ``output``), each appended with a single
+  complete; a folder that exists and holds the same settings is not redone. Errors become a failed
+  record — nothing raises (an interrupt, ``KeyboardInterrupt``, removes the temp folder and propagates).
+* The manifest ``out_root/manifest.jsonl`` gets one line per finished job (``input``, ``settings``,
+  ``status`` ``ok|failed``, ``error``, ``metrics``, ``seconds``, ``output``), each appended with a single
   ``write`` under an exclusive lock, so concurrent writers never interleave lines.
-* :func:`run_batch` skips inputs whose last manifest entry is ``ok`` (and whose folder exists),
-  runs the rest on the ``local`` executor (in this process, one after another) or on ``ray`` (one
-  task per input, ``num_gpus=1`` on CUDA machines, CPUs otherwise, with retries), and returns the
-  records; :func:`summary_table` formats them.
+* :func:`run_batch` skips inputs whose last manifest entry with the same settings is ``ok`` (and whose
+  folder exists), runs the rest on the ``local`` executor (in this process, one after another) or on
+  ``ray`` (one task per input, ``num_gpus=1`` on CUDA machines, CPUs otherwise, with retries), and
+  returns the records; :func:`summary_table` formats them.
 """
 
 from __future__ import annotations
@@ -47,6 +50,39 @@ class BatchOptions:
     """CPUs reserved per Ray task on machines without CUDA."""
     local_ray_cpus: int = 2
     """CPUs of the local Ray started when ``address`` is ``None``."""
+    force: bool = False
+    """Redo every job, also those done with the same settings."""
+
+
+SETTINGS_IGNORED = frozenset({"progress_bar"})
+"""Config fields that don't change a job's result (left out of :func:`settings_key`)."""
+
+
+def settings_key(config: Any) -> str:
+    """12 hex digits naming a job's settings: a hash of the config as plain data (a dataclass or the
+    mapping of a run's ``config.yaml``), less :data:`SETTINGS_IGNORED`."""
+    from recon.runs import config_to_dict
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {str(k): plain(v) for k, v in value.items() if k not in SETTINGS_IGNORED}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        return value
+
+    data = plain(config if isinstance(config, dict) else config_to_dict(config))
+    return hashlib.sha1(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def folder_settings(run_dir: Path) -> str | None:
+    """The :func:`settings_key` of a finished job folder (from its ``config.yaml``), None when unreadable."""
+    import yaml
+
+    try:
+        data = yaml.safe_load((run_dir / "config.yaml").read_text())
+        return settings_key(data["config"])
+    except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError):
+        return None
 
 
 def job_dir(out_root: str | Path, source: str | Path) -> Path:
@@ -58,7 +94,7 @@ def job_dir(out_root: str | Path, source: str | Path) -> Path:
     return Path(out_root) / f"{slugify(path.stem)}-{digest}"
 
 
-def run_job(source: str, config: Any, out_root: str, retries: int = 0) -> dict[str, Any]:
+def run_job(source: str, config: Any, out_root: str, retries: int = 0, force: bool = False) -> dict[str, Any]:
     """Reconstructs one input into :func:`job_dir`; returns its manifest record (never raises).
 
     Args:
@@ -66,20 +102,24 @@ def run_job(source: str, config: Any, out_root: str, retries: int = 0) -> dict[s
         config: A :class:`~recon.pipelines.video_recon.VideoReconConfig`.
         out_root: The batch's output root.
         retries: Extra attempts after an unexpected (non-user) error.
+        force: Redo the job even when its folder holds a result with the same settings.
     """
-    from recon.pipelines.video_recon import reconstruct
+    from recon.pipelines import video_recon
 
     started = time.perf_counter()
     final = job_dir(out_root, source)
-    record: dict[str, Any] = {"input": str(source), "output": str(final), "status": "ok", "error": None}
-    if (final / "metrics.json").is_file():
+    key = settings_key(config)
+    record: dict[str, Any] = {
+        "input": str(source), "output": str(final), "settings": key, "status": "ok", "error": None,
+    }  # fmt: skip
+    if not force and (final / "metrics.json").is_file() and folder_settings(final) == key:
         record.update(status="skipped", metrics=_metrics(final), seconds=0.0)
         return record
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     for attempt in range(retries + 1):
         shutil.rmtree(tmp, ignore_errors=True)
         try:
-            reconstruct(source, config, run_dir=tmp)
+            video_recon.reconstruct(source, config, run_dir=tmp)
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
             record["metrics"] = _metrics(final)
@@ -125,17 +165,22 @@ def append_record(manifest: Path, record: dict[str, Any]) -> None:
         os.close(fd)
 
 
-def read_manifest(manifest: Path) -> dict[str, dict[str, Any]]:
-    """The last record of each input (a torn last line, from a killed writer, is ignored)."""
-    latest: dict[str, dict[str, Any]] = {}
+def read_manifest(manifest: Path, by_settings: bool = False) -> dict[Any, dict[str, Any]]:
+    """The last record of each input, or of each ``(input, settings)`` with ``by_settings``.
+
+    A torn last line (from a killed writer) and lines that are not records are ignored.
+    """
+    latest: dict[Any, dict[str, Any]] = {}
     if not manifest.is_file():
         return latest
-    for line in manifest.read_text().splitlines():
+    for line in manifest.read_text(errors="replace").splitlines():
         try:
             record = json.loads(line)
         except ValueError:
             continue
-        latest[record["input"]] = record
+        if not isinstance(record, dict) or not isinstance(record.get("input"), str):
+            continue
+        latest[(record["input"], record.get("settings")) if by_settings else record["input"]] = record
     return latest
 
 
@@ -143,17 +188,25 @@ def read_manifest(manifest: Path) -> dict[str, dict[str, Any]]:
 def run_batch(
     inputs: list[str], config: Any, out_root: str | Path, options: BatchOptions | None = None
 ) -> list[dict[str, Any]]:
-    """Runs every input not yet done; returns one record per input (``skipped`` for done ones)."""
+    """Runs every input not yet done with these settings (every input with ``options.force``); returns
+    one record per input (``skipped`` for done ones)."""
     options = options or BatchOptions()
     out_root = Path(out_root)
     out_root.mkdir(parents=True, exist_ok=True)
     manifest = out_root / MANIFEST
-    done = read_manifest(manifest)
+    done = {} if options.force else read_manifest(manifest, by_settings=True)
+    key = settings_key(config)
     records: dict[str, dict[str, Any]] = {}
     todo = []
     for source in dict.fromkeys(str(s) for s in inputs):
-        prev = done.get(source)
-        if prev and prev["status"] == "ok" and (job_dir(out_root, source) / "metrics.json").is_file():
+        prev = done.get((source, key))
+        folder = job_dir(out_root, source)
+        if (
+            prev
+            and prev["status"] == "ok"
+            and (folder / "metrics.json").is_file()
+            and (folder_settings(folder) == key)
+        ):
             records[source] = {**prev, "status": "skipped", "seconds": 0.0}
         else:
             todo.append(source)
@@ -161,7 +214,7 @@ def run_batch(
              len(todo), options.executor)  # fmt: skip
     if options.executor == "local":
         for source in todo:
-            record = run_job(source, config, str(out_root), options.retries)
+            record = run_job(source, config, str(out_root), options.retries, force=options.force)
             append_record(manifest, record)
             records[source] = record
     elif options.executor == "ray":
@@ -194,7 +247,7 @@ def _run_ray(todo: list[str], config: Any, out_root: str, options: BatchOptions)
 
         resources = {"num_gpus": 1} if torch.cuda.is_available() else {"num_cpus": options.num_cpus}
         task = ray.remote(max_retries=options.retries, **resources)(run_job)
-        pending = {task.remote(s, config, out_root, 0): s for s in todo}
+        pending = {task.remote(s, config, out_root, 0, options.force): s for s in todo}
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
             source = pending.pop(ready[0])
@@ -202,7 +255,8 @@ def _run_ray(todo: list[str], config: Any, out_root: str, options: BatchOptions)
                 yield ray.get(ready[0])
             except Exception as err:  # noqa: BLE001 - a crashed worker is this job's failure only
                 yield {"input": source, "output": str(job_dir(out_root, source)), "status": "failed",
-                       "error": f"{type(err).__name__}: {err}", "metrics": None, "seconds": 0.0}  # fmt: skip
+                       "settings": settings_key(config), "error": f"{type(err).__name__}: {err}",
+                       "metrics": None, "seconds": 0.0}  # fmt: skip
     finally:
         if started_here:
             ray.shutdown()

@@ -13,8 +13,9 @@ from recon.errors import IMAGE_SIDE, KEYFRAMES, SEED, STEPS, checked
 
 @dataclass
 class BatchCommand:
-    """Reconstruct many inputs; each gets its own folder, OUT/manifest.jsonl records every job, done
-    jobs are skipped on a rerun and a failing input never stops the others."""
+    """Reconstruct many inputs; each gets its own folder, OUT/manifest.jsonl records every job, jobs done
+    with the same settings are skipped on a rerun (--force redoes them) and a failing input never stops
+    the others."""
 
     inputs: Annotated[tuple[Path, ...], tyro.conf.Positional] = checked(
         (), path="exists", fix="pass videos, image folders, transforms.json files or COLMAP folders"
@@ -38,6 +39,10 @@ class BatchCommand:
     """Longer image side used for fitting (0: the input's)."""
     seed: int = checked(0, SEED)
     """Random seed."""
+    no_export: bool = False
+    """Skip the mesh / splat export of each job."""
+    force: bool = False
+    """Redo every job, also those already done with the same settings."""
 
     def all_inputs(self) -> list[str]:
         from recon.errors import UserError
@@ -79,7 +84,11 @@ class BatchCommand:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
         config = reconstruct_config(self.max_frames, self.steps, self.resolution, self.seed)
         config.progress_bar = False
-        options = BatchOptions(executor=self.executor, address=self.address, retries=self.retries)
+        if self.no_export:
+            config.export_formats = ()
+        options = BatchOptions(
+            executor=self.executor, address=self.address, retries=self.retries, force=self.force
+        )
         records = run_batch(self.all_inputs(), config, self.out, options)
         print(summary_table(records))
         print(f"manifest: {self.out / 'manifest.jsonl'}")
