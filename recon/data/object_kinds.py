@@ -346,7 +346,7 @@ def _snowman() -> KindSpec:
         _sph("bottom ball", 0.5, (0, -0.45, 0), SNOW),
         _sph("middle ball", 0.36, (0, 0.25, 0), SNOW),
         _sph("head", 0.25, (0, 0.75, 0), SNOW),
-        _cone("nose", 0.055, 0.0, 0.13, (0, 0.74, 0.35), rot=(90, 0, 0), color=CARROT),
+        _cone("nose", 0.075, 0.0, 0.15, (0, 0.74, 0.37), rot=(90, 0, 0), color=CARROT),
         *(_sph("eyes", 0.035, (x, 0.83, 0.215), COAL) for x in (-0.09, 0.09)),
         *(
             _sph("buttons", 0.04, (0, 0.25 + 0.36 * math.sin(a), 0.36 * math.cos(a)), COAL)

@@ -96,19 +96,23 @@ def _len2(a: Tensor, b: Tensor) -> Tensor:
     return torch.sqrt(a * a + b * b)
 
 
+def _len3(a: Tensor, b: Tensor, c: Tensor) -> Tensor:  # elementwise: ~2x faster than .norm(dim=-1) here
+    return torch.sqrt(a * a + b * b + c * c)
+
+
 def _local_sdf(kind: str, q: Tensor, s: Tensor) -> Tensor:
     """Signed distances ``[N, P]`` of ``q [N, P, 3]`` (points in each part's frame), sizes ``s [P, 4]``."""
     x, y, z = q.unbind(-1)
     if kind == "sphere":
-        return q.norm(dim=-1) - s[:, 0]
+        return _len3(x, y, z) - s[:, 0]
     if kind in ("ellipsoid", "dome"):
-        r = s[:, :3]
-        d = ((q / r).norm(dim=-1) - 1.0) * r.min(dim=-1).values  # 1-Lipschitz, zero on the surface
+        d = (_len3(x / s[:, 0], y / s[:, 1], z / s[:, 2]) - 1.0) * s[:, :3].min(dim=-1).values  # 1-Lipschitz
         return torch.maximum(d, -y) if kind == "dome" else d
     if kind == "box":
         rr = s[:, 3]
-        d = q.abs() - (s[:, :3] - rr[:, None])
-        return d.clamp_min(0).norm(dim=-1) + d.max(dim=-1).values.clamp_max(0) - rr
+        dx, dy, dz = (q.abs() - (s[:, :3] - rr[:, None])).unbind(-1)
+        inside = torch.maximum(dx, torch.maximum(dy, dz)).clamp_max(0)
+        return _len3(dx.clamp_min(0), dy.clamp_min(0), dz.clamp_min(0)) + inside - rr
     if kind == "cylinder":
         rr = s[:, 2]
         dx = _len2(x, z) - s[:, 0] + rr
@@ -129,7 +133,7 @@ def _local_sdf(kind: str, q: Tensor, s: Tensor) -> Tensor:
         return _len2(_len2(x, z) - s[:, 0], y) - s[:, 1]
     if kind == "capsule":
         yc = y - y.clamp(-s[:, 1], s[:, 1])
-        return torch.sqrt(x * x + yc * yc + z * z) - s[:, 0]
+        return _len3(x, yc, z) - s[:, 0]
     if kind == "prism":  # intersection of half-spaces: exact inside, a lower bound outside
         w, h, dz = s[:, 0], s[:, 1], s[:, 2]
         slant = (2 * h * x.abs() + w * y - h * w) / torch.sqrt(4 * h * h + w * w)
@@ -150,6 +154,8 @@ class _PartTable:
         self.translation = torch.tensor([p.translation for p in parts], **f32)  # [P, 3]
         self.size = torch.tensor([p.padded_size for p in parts], **f32)  # [P, 4]
         assert self.size.shape[1] == N_SIZE
+        self.stacked_rotation = self.rotation.permute(1, 0, 2).reshape(3, -1).contiguous()  # [3, 3P]
+        self.local_offset = torch.einsum("pj,pji->pi", self.translation, self.rotation)  # [P, 3]
         self.identity = bool((self.rotation - torch.eye(3, device=device)).abs().max() < 1e-7)
         self.slot = torch.tensor(
             [0 if p.color == "primary" else 1 if p.color == "secondary" else 2 for p in parts], device=device
@@ -166,11 +172,11 @@ class _PartTable:
             else:
                 self.slices.append((p.primitive, i, i + 1))
 
-    def _local(self, points: Tensor) -> Tensor:  # [N, 3] -> [N, P, 3]
-        diff = points[:, None, :] - self.translation
+    def _local(self, points: Tensor) -> Tensor:  # [N, 3] -> [N, P, 3]: R^T (p - t) = p R - t R
         if self.identity:
-            return diff
-        return torch.einsum("npj,pji->npi", diff, self.rotation)  # R^T (p - t)
+            return points[:, None, :] - self.translation
+        P = self.translation.shape[0]
+        return (points @ self.stacked_rotation).view(-1, P, 3) - self.local_offset
 
     def distances(self, points: Tensor) -> Tensor:
         """Per-part signed distances ``[N, P]`` (sorted part order) of ``points [N, 3]``."""
@@ -449,13 +455,10 @@ def object_mesh(obj: ProceduralObject, resolution: int = 96) -> trimesh.Trimesh:
     sdf = torch.cat([obj.sdf(chunk) for chunk in grid.split(65536)]).reshape((resolution,) * 3)
     step = 2.0 / (resolution - 1)
     verts, faces, _, _ = marching_cubes(sdf.numpy(), level=0.0, spacing=(step,) * 3)
-    verts = verts - 1.0
-    faces = faces[:, ::-1]  # skimage winds faces inward for a field that is negative inside
+    verts = verts - 1.0  # skimage's default winding makes faces point to rising SDF: outwards
     albedo = obj.albedo(torch.from_numpy(verts.astype(np.float32)))
     rgba = np.concatenate([albedo.numpy(), np.ones((len(verts), 1), dtype=np.float32)], axis=1)
-    return trimesh.Trimesh(
-        vertices=verts, faces=np.ascontiguousarray(faces), vertex_colors=(rgba * 255).round().astype(np.uint8)
-    )
+    return trimesh.Trimesh(vertices=verts, faces=faces, vertex_colors=(rgba * 255).round().astype(np.uint8))
 
 
 # --- captions -------------------------------------------------------------------------------------------
