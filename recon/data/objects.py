@@ -55,7 +55,9 @@ if TYPE_CHECKING:
     import trimesh
 
 __all__ = [
+    "COLORS",
     "KINDS",
+    "KIND_SPECS",
     "PATTERNS",
     "SECONDARY_COLORS",
     "VIEW_WORDS",
@@ -65,6 +67,7 @@ __all__ = [
     "object_mesh",
     "parse_caption",
     "render_object",
+    "split_view_word",
     "vocabulary",
 ]
 
