@@ -330,3 +330,22 @@ def test_render_batch_speed():
         torch.set_num_threads(threads)
     assert r.rgb.shape == (24, 32, 32, 3)
     assert elapsed < 3.0  # ~0.27 s on one busy core
+
+
+def test_render_of_nothing_is_background():
+    away = cameras_from_spherical(
+        torch.tensor([0.0]),
+        torch.tensor([180.0]),
+        torch.tensor([3.0]),
+        torch.tensor([40.0]),
+        16,
+        16,
+        target=torch.tensor([[0.0, 0.0, 10.0]]),
+    )  # at z = 7, looking to +Z: away from the object
+    r = render_object(
+        ProceduralObject("chair", "red"), away, return_slots=True, return_parts=True, background=0.3
+    )
+    assert (r.alpha == 0).all() and (r.rgb == 0.3).all() and (r.depth == 0).all() and (r.normals == 0).all()
+    assert (r.slots == 0).all() and (r.part_masks == 0).all()
+    with pytest.raises(ValueError):
+        r.part_mask("armrest")
