@@ -115,8 +115,8 @@ class TrainConfig:
     progress: bool = True
     """Show tqdm bars."""
     init_from: Path | None = None
-    """Start the UNet (and the EMA) from an exported prior's ``unet/`` (a fresh run only; resuming
-    ignores it): e.g. the primitives prior when training on the world."""
+    """Start the UNet (and the EMA, and the latent variant's VAE) from an exported prior (a fresh run
+    only; resuming ignores it): e.g. the primitives prior when training on the world."""
     log_every: int = 100
     """Print one line (step, mean loss, minutes) every this many steps (0: never)."""
 
@@ -191,6 +191,11 @@ class Trainer:
             start = UNet2DConditionModel.from_pretrained(Path(cfg.init_from) / "unet")
             self.models.unet.load_state_dict(start.state_dict())
             self.ema.load_state_dict(start.state_dict())
+            if self.models.vae is not None and (Path(cfg.init_from) / "vae").is_dir():
+                from diffusers import AutoencoderKL
+
+                vae = AutoencoderKL.from_pretrained(Path(cfg.init_from) / "vae")
+                self.models.vae.load_state_dict(vae.state_dict())
 
     def _request_stop(self, signum: int, frame: object) -> None:
         """SIGTERM: finish the current step, checkpoint and export, then return."""
