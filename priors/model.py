@@ -220,6 +220,13 @@ class DiffusionPrior:
     latent priors encode through the VAE with its scaling factor.
     """
 
+    embedded_meta: dict[str, Any] | None = None
+    """The ``embedded.json`` of an embedded prior's folder (what it was trained on), else ``None``."""
+    prompt_vocabulary: Literal["world", "primitives"] | None = None
+    """``"world"``: an embedded prior trained on :mod:`recon.data.objects`, whose prompts are
+    canonicalised through :func:`priors.vocabulary.canonical_prompt` before encoding; ``"primitives"``:
+    an embedded prior of the five primitives (prompts as given); ``None``: any other model."""
+
     def __init__(
         self,
         unet: Any,
@@ -390,6 +397,7 @@ class DiffusionPrior:
             source=source,
             pass_attention_mask=bool(index.get("_sds3d_encoder_attention_mask", False)),
         )
+        prior.embedded_meta, prior.prompt_vocabulary = _embedded_vocabulary(folder)
         prior.to(device)
         if prior.device.type == "cpu":
             # oneDNN's convolutions skip a layout reorder per call in channels-last: the small
@@ -440,6 +448,10 @@ class DiffusionPrior:
     ) -> PromptConditioning:
         """Encodes prompts and their negatives (empty by default) for classifier-free guidance.
 
+        A prior trained on the embedded world (``prompt_vocabulary == "world"``) encodes the canonical
+        caption of each prompt, view suffix kept (``"a chair, red, side view"`` -> ``"a red chair, side
+        view"``); a negative prompt outside its vocabulary is encoded as given.
+
         Args:
             prompts: One prompt per image (view-dependent suffixes already appended by the caller).
             negative: Negative prompts, one per prompt (or one for all); ``None`` means ``""``.
@@ -449,6 +461,9 @@ class DiffusionPrior:
 
         Returns:
             The conditioning, ``[B, L, D]`` hidden states for prompts and negatives.
+
+        Raises:
+            UserError: for a prompt outside an embedded world prior's vocabulary (the message lists it).
         """
         if isinstance(prompts, str):
             prompts = [prompts]
@@ -457,6 +472,11 @@ class DiffusionPrior:
             negative = negative * len(prompts)
         if len(negative) != len(prompts):
             raise UserError(f"got {len(negative)} negative prompts for {len(prompts)} prompts")
+        if self.prompt_vocabulary == "world":
+            from priors.vocabulary import canonical_prompt
+
+            prompts = [canonical_prompt(p) for p in prompts]
+            negative = [_canonical_or_given(n) for n in negative]
         hidden, mask = self._encode_text(list(prompts) + negative)
         b = len(prompts)
         return PromptConditioning(list(prompts), hidden[:b], hidden[b:], mask[:b], mask[b:])
@@ -524,6 +544,33 @@ class DiffusionPrior:
             return eps
         eps_uncond, eps_cond = eps.chunk(2)
         return classifier_free_guidance(eps_uncond, eps_cond, guidance_scale, cfg_convention)
+
+
+def _embedded_vocabulary(folder: Path | str) -> tuple[dict[str, Any] | None, str | None]:
+    """``(embedded.json, prompt vocabulary)`` of a local prior folder: ``"world"`` when it was trained on
+    the embedded world (``"data": "world"`` or a list of kinds), ``"primitives"`` for an older embedded
+    prior, ``(None, None)`` for anything else (hub ids, diffusers folders)."""
+    if not isinstance(folder, Path) or not (folder / "embedded.json").is_file():
+        return None, None
+    try:
+        meta = json.loads((folder / "embedded.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None, None  # a model card, not needed to run the prior
+    if not isinstance(meta, dict):
+        return None, None
+    return meta, "world" if meta.get("data") == "world" or "kinds" in meta else "primitives"
+
+
+def _canonical_or_given(text: str) -> str:
+    """A negative prompt's canonical caption when it names an object of the world, else the text."""
+    if not text.strip():
+        return text
+    from priors.vocabulary import canonical_prompt
+
+    try:
+        return canonical_prompt(text)
+    except UserError:
+        return text
 
 
 def ddim_timesteps(num_train_timesteps: int, steps: int) -> list[int]:
