@@ -124,31 +124,71 @@ def test_sds_on_a_free_image_converges_to_the_single_exemplar() -> None:
     assert start > 0.1 and mse < 1e-3, (start, mse)
 
 
-def test_prompts_map_to_the_procedural_vocabulary(procedural_prior: ExemplarPrior) -> None:
+def test_prompts_map_to_the_world_vocabulary(procedural_prior: ExemplarPrior) -> None:
     match = procedural_prior.match_prompt
     assert match("a red cube") == "a red cube"
     assert match("A Red Cube, front view") == "a red cube"
     assert match("a big orange ball") == "an orange sphere"
     assert match("a crimson box, overhead view") == "a red cube"
     assert match("a pink doughnut") == "a pink torus"
-    assert match("a cube").endswith("cube")  # object known, color free: nearest cube by MiniLM
+    assert match("a chair, red") == "a red chair"
+    assert match("a small green cup, side view") == "a green mug"
+    assert match("a sphere with blue and white stripes") == "a blue and white striped sphere"
+    with pytest.raises(UserError, match="no colour"):
+        match("a cube")  # the kind's colour is not guessed
     with pytest.raises(UserError) as err:
         match("a cat")
-    assert "sphere, cube, cone, cylinder, torus" in str(err.value) and "red" in str(err.value)
+    assert "sphere, cube, cone, cylinder, torus, chair" in str(err.value) and "red" in str(err.value)
+    assert "--prior HUB_ID" in str(err.value)
     with pytest.raises(UserError):
-        match("a red cat")
+        match("a red cat")  # a known color alone is not enough (cosine 0.60 < threshold)
     with pytest.raises(UserError, match="several"):
-        match("a red cube and a blue sphere")  # a known color alone is not enough (cosine 0.60 < threshold)
+        match("a red cube and a blue sphere")
+    with pytest.raises(UserError, match="ambiguous"):
+        match("a thing")
+
+
+def test_a_view_suffix_without_cameras_picks_exemplars_from_that_side(
+    procedural_prior: ExemplarPrior,
+) -> None:
+    cond = procedural_prior.encode_prompt(["a red chair, side view", "a red chair, back view"])
+    assert cond.keys == ["a red chair", "a red chair"]
+    assert cond.azimuth_deg.tolist() == [90.0, 180.0] and cond.elevation_deg.tolist() == [15.0, 15.0]
+    assert procedural_prior.encode_prompt(["a red chair"]).azimuth_deg is None
 
 
 def test_recolored_exemplars_equal_direct_renders(procedural_prior: ExemplarPrior) -> None:
+    from recon.data.objects import ProceduralObject, render_object
     from recon.data.procedural import render_primitive
 
+    steps = procedural_prior.config.render_max_steps
     images = procedural_prior.exemplars.images("a green torus", 3)
     cams = procedural_prior.exemplars.cameras[:3]
-    rgb, _, _ = render_primitive("torus", "green", cams, max_steps=procedural_prior.config.render_max_steps)
+    rgb, _, _ = render_primitive("torus", "green", cams, max_steps=steps)
     torch.testing.assert_close(images, rgb.permute(0, 3, 1, 2), atol=1e-5, rtol=0)
     assert procedural_prior.exemplars.views("a green torus", 3).shape == (3, 2)
+    for key, obj in [
+        ("a blue rocket", ProceduralObject("rocket", "blue")),  # secondary parts in the kind's default
+        ("a yellow and black dotted mug", ProceduralObject("mug", "yellow", "black", "dotted")),
+    ]:
+        direct = render_object(obj, cams, max_steps=steps).rgb.permute(0, 3, 1, 2)
+        torch.testing.assert_close(procedural_prior.exemplars.images(key, 3), direct, atol=1e-5, rtol=0)
+
+
+def test_the_unconditional_set_is_the_kind_in_every_colour_and_every_other_kind(
+    procedural_prior: ExemplarPrior,
+) -> None:
+    from recon.data.objects import COLORS, KINDS, parse_caption
+
+    classes = procedural_prior.exemplars.uncond_classes("a red mug")
+    objects = [parse_caption(k) for k in classes]
+    mugs = [o for o in objects if o.kind == "mug"]
+    assert {o.color for o in mugs if o.pattern == "solid"} == set(COLORS)
+    assert sum(o.pattern != "solid" for o in mugs) == procedural_prior.config.uncond_patterned
+    assert sorted(o.kind for o in objects if o.kind != "mug") == sorted(k for k in KINDS if k != "mug")
+    assert classes == procedural_prior.exemplars.uncond_classes("a red mug")  # seeded
+    chairs = [parse_caption(k) for k in procedural_prior.exemplars.uncond_classes("a blue chair")]
+    assert sum(o.kind == "chair" for o in chairs) == len(COLORS)  # no patterns on a chair
 
 
 def test_exemplar_cache_on_disk_is_reused(tmp_path: Path) -> None:
@@ -167,7 +207,8 @@ def test_registry_builds_the_embedded_exemplar_prior(monkeypatch, tmp_path: Path
     prior = DiffusionPrior.from_pretrained("embedded-exemplar")
     assert isinstance(prior, ExemplarPrior)
     assert prior.resolution == 32 and not prior.is_latent and prior.prediction_type == "epsilon"
-    assert len(prior.vocabulary) == 40 and "a yellow torus" in prior.vocabulary
+    assert len(prior.vocabulary) == 2464 and "a yellow torus" in prior.vocabulary
+    assert "a red and white striped sphere" in prior.vocabulary and "a green duck" in prior.vocabulary
     assert prior.info()["kind"] == "pixel-exemplar"
 
 
