@@ -106,6 +106,23 @@ class PriorSample:
         return 0
 
 
+def vocabulary_info(prior) -> dict[str, str]:
+    """What an embedded prior knows, one line per entry (nothing for hub / diffusers priors).
+
+    A prior trained on the embedded world lists the world's vocabulary
+    (:func:`priors.vocabulary.vocabulary_summary`); an older embedded prior the shapes and colors of its
+    ``embedded.json``.
+    """
+    if getattr(prior, "prompt_vocabulary", None) == "world":
+        from priors.vocabulary import vocabulary_summary
+
+        return vocabulary_summary()
+    meta = getattr(prior, "embedded_meta", None) or {}
+    return {
+        key: ", ".join(map(str, meta[key])) for key in ("shapes", "colors") if isinstance(meta.get(key), list)
+    }
+
+
 @dataclass
 class PriorInfo:
     """Describe a prior: kind, resolution, prediction type, vocabulary (embedded priors)."""
@@ -121,7 +138,7 @@ class PriorInfo:
     def run(self) -> int:
         _check_device(self.device)
         prior = _load_prior(self.prior, self.allow_download, self.device, None)
-        info = prior.info()
+        info = {**prior.info(), **vocabulary_info(prior)}
         width = max(len(k) for k in info)
         print(f"prior {self.prior}")
         for key, value in info.items():

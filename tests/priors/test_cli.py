@@ -46,7 +46,17 @@ def test_info_lists_the_embedded_vocabulary(capsys) -> None:
     assert main(["prior", "info", "--prior", "embedded-exemplar"]) == 0
     out = capsys.readouterr().out
     assert "pixel-exemplar" in out and "epsilon" in out and "32" in out
-    assert "sphere, cube, cone, cylinder, torus" in out and "purple" in out
+    assert "sphere, cube, cone, cylinder, torus, chair" in out and "purple" in out
+    assert "2464 objects" in out and "striped, checkered, dotted, two-tone" in out and "duck (beak)" in out
+
+
+def test_sample_of_an_unknown_prompt_says_what_is_known(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "g.png"
+    assert main(["prior", "sample", "a red cat", "--prior", "embedded-exemplar", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sds3d: error:") and "Traceback" not in err
+    assert "chair" in err and "two-tone" in err and "--prior HUB_ID" in err
+    assert not out.exists()
 
 
 def test_unknown_prior_is_a_user_error_without_traceback(monkeypatch, tmp_path: Path, capsys) -> None:
