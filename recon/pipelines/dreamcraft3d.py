@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -61,9 +60,6 @@ from recon.train import Hooks, LearningRate, LossTerm, Stage, StepContext, Train
 
 log = logging.getLogger("sds3d.dreamcraft3d")
 
-EMBEDDED_VIEW_PRIOR = Path(__file__).resolve().parents[2] / "assets" / "embedded-view"
-"""The embedded view-conditioned prior (a miniature Zero123 trained by the project)."""
-
 
 @dataclass
 class DreamCraft3DConfig:
@@ -82,9 +78,9 @@ class DreamCraft3DConfig:
     prior: str = "embedded-unet"
     """Text prior of the geometry stages (IF's role): ``embedded-unet`` (the project's pixel UNet: BSD
     fine-tunes a denoiser, which the exemplar prior is not), a hub id or a local diffusers folder."""
-    view_prior: str = "none"
-    """View-conditioned prior (Zero123's role): ``none`` (the default until the view-conditioned prior
-    lands: issue #14), ``embedded`` (assets/embedded-view), or a Zero123 diffusers folder / hub id."""
+    view_prior: str = "embedded"
+    """View-conditioned prior (Zero123's role): ``embedded`` (assets/embedded-view, a miniature Zero123
+    trained by the project), a Zero123 diffusers folder / hub id, or ``none`` (the ablation)."""
     texture_prior: str = "same"
     """Prior of the texture stage (SD 2.1-base's role in BSD): ``same`` (the text prior) or a source."""
     texture_guidance: Literal["bsd", "sds"] = "bsd"
@@ -224,23 +220,9 @@ def load_priors(config: DreamCraft3DConfig) -> LoadedPriors:
     text = text_prior(config.prior)
     view = None
     if config.view_prior != "none":
-        try:
-            from priors.view import ViewConditionedPrior
-        except ImportError:
-            raise UserError(
-                "the view-conditioned (Zero123) prior is not part of this version of sds3d yet; "
-                "run with --view-prior none"
-            ) from None
+        from priors.view import ViewConditionedPrior
 
-        source = config.view_prior
-        if source == "embedded":
-            if not (EMBEDDED_VIEW_PRIOR / "model_index.json").is_file():
-                raise UserError(
-                    f"the embedded view-conditioned prior is not in this checkout ({EMBEDDED_VIEW_PRIOR}); "
-                    "give --view-prior a Zero123 diffusers folder or hub id, or --view-prior none"
-                )
-            source = str(EMBEDDED_VIEW_PRIOR)
-        view = ViewConditionedPrior.from_pretrained(source, allow_download=config.allow_download)
+        view = ViewConditionedPrior.from_pretrained(config.view_prior, allow_download=config.allow_download)
     texture = text if config.texture_prior == "same" else text_prior(config.texture_prior)
     prompt = config.prompt.strip()
     if not prompt and config.prior.startswith("embedded"):
@@ -346,28 +328,22 @@ class TextConditioning:
         return _concat_conditioning(parts)
 
 
-def camera_angles(cameras: Cameras, distance: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(polar, azimuth, radius) of cameras in radians, polar from +Y (0 = top, π/2 = horizon)."""
-    polar = torch.deg2rad(90.0 - cameras.elevation_deg.float())
-    azimuth = torch.deg2rad(cameras.azimuth_deg.float())
-    radius = cameras.camera_centers().norm(dim=-1) if distance <= 0 else torch.full_like(polar, distance)
-    return polar, azimuth, radius
-
-
 class ViewGuidance:
-    """View-conditioned SDS relative to the reference camera."""
+    """View-conditioned SDS relative to the reference camera (:class:`priors.view.ViewConditionedPrior`).
+
+    The reference is encoded once, seen from ``reference_elevation_deg``, azimuth 0 and
+    ``camera_distance``; each guidance batch is conditioned on its cameras' relative pose.
+    """
 
     def __init__(self, prior: Any, reference, config: DreamCraft3DConfig):
         self.prior, self.config = prior, config
-        image = reference.rgb.permute(2, 0, 1)[None]  # [1, 3, H, W]
-        polar = torch.tensor([math.radians(90.0 - config.reference_elevation_deg)])
-        self.reference = prior.encode_reference(
-            image, polar, torch.zeros(1), torch.tensor([config.camera_distance])
-        )
+        image = reference.rgb.permute(2, 0, 1)[None]  # [1, 3, H, W], composited on white
+        prior.set_reference(image, config.reference_elevation_deg, 0.0, config.camera_distance)
 
     def __call__(self, cameras: Cameras) -> Any:
-        polar, azimuth, radius = camera_angles(cameras, self.config.camera_distance)
-        return self.prior.condition(self.reference, polar, azimuth, radius)
+        return self.prior.encode_prompt(
+            None, elevation_deg=cameras.elevation_deg, azimuth_deg=cameras.azimuth_deg
+        )
 
 
 # ---------------------------------------------------------------------- cameras
