@@ -78,8 +78,11 @@ def _reference_picture(path: Path) -> Path:
 def test_every_cpu_capable_preset_runs_two_steps(name, tmp_path, posed_scene):
     pipeline, config = load_preset(name)
     if not _cpu_capable(config):
+        others = [
+            getattr(config, k) for k in ("color_prior", "view_prior", "texture_prior") if hasattr(config, k)
+        ]
         pytest.skip(
-            f"{name} needs real checkpoints on a GPU ({config.prior}, {config.color_prior}); loaded only"
+            f"{name} needs real checkpoints on a GPU ({', '.join([config.prior, *others])}); loaded only"
         )
     config.steps, config.progress_bar = 2, False
     if pipeline == "video_recon":
