@@ -260,20 +260,90 @@ def ply_bytes(splats: dict[str, Tensor], layout_degree: int | None = None) -> by
     return ("\n".join(header) + "\n").encode() + data.numpy().astype("<f4").tobytes()
 
 
-def read_ply(path: str | os.PathLike) -> tuple[dict[str, Tensor], int]:
-    """Reads a 3DGS PLY (ours, the reference implementation's, or gsplat's export)."""
-    from plyfile import PlyData, PlyParseError
+PLY_FIX = "re-export it (sds3d export RUN --format ply) or pass another 3DGS PLY"
+_PLY_SIZES = {"char": 1, "int8": 1, "uchar": 1, "uint8": 1, "short": 2, "int16": 2, "ushort": 2, "uint16": 2,
+              "int": 4, "int32": 4, "uint": 4, "uint32": 4, "float": 4, "float32": 4, "double": 8,
+              "float64": 8}  # fmt: skip
 
+
+def _check_ply_header(path: str | os.PathLike) -> None:
+    """Refuses a binary PLY whose header promises more bytes than the file holds (before plyfile reads
+    it: a damaged vertex count would make it allocate that much), or a header that isn't one.
+
+    Raises:
+        UserError: naming the file.
+    """
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(1 << 16)
+    end = head.find(b"end_header")
+    if not head.startswith(b"ply") or end < 0:
+        raise UserError(
+            f"cannot read Gaussian PLY {path}: not a PLY file (no ply ... end_header header); {PLY_FIX}"
+        )
+    try:
+        lines = head[:end].decode("ascii").splitlines()
+    except UnicodeDecodeError:
+        raise UserError(
+            f"cannot read Gaussian PLY {path}: the header is damaged (not ASCII); {PLY_FIX}"
+        ) from None
+    body = size - (end + len(b"end_header") + 1)
+    binary = False
+    elements: list[list[int]] = []  # [count, bytes per row, -1 when a row has a list property]
+    for line in lines:
+        words = line.split()
+        if words[:1] == ["format"]:
+            binary = len(words) > 1 and words[1].startswith("binary")
+        elif words[:1] == ["element"]:
+            if len(words) != 3 or not words[2].isdigit():
+                raise UserError(f"cannot read Gaussian PLY {path}: bad element line {line!r}; {PLY_FIX}")
+            elements.append([int(words[2]), 0])
+        elif words[:1] == ["property"]:
+            if not elements:
+                raise UserError(f"cannot read Gaussian PLY {path}: a property before any element; {PLY_FIX}")
+            if len(words) >= 2 and words[1] == "list":
+                elements[-1][1] = -1
+            elif len(words) == 3 and words[1] in _PLY_SIZES:
+                if elements[-1][1] >= 0:
+                    elements[-1][1] += _PLY_SIZES[words[1]]
+            else:
+                raise UserError(f"cannot read Gaussian PLY {path}: bad property line {line!r}; {PLY_FIX}")
+    needed = sum(count * row for count, row in elements if row > 0)
+    if binary and needed > body:
+        raise UserError(
+            f"cannot read Gaussian PLY {path}: truncated or damaged, its header promises {needed} bytes of "
+            f"data, the file holds {body}; {PLY_FIX}"
+        )
+
+
+def read_ply(path: str | os.PathLike) -> tuple[dict[str, Tensor], int]:
+    """Reads a 3DGS PLY (ours, the reference implementation's, or gsplat's export).
+
+    Raises:
+        UserError: a missing, damaged or truncated file, or a PLY without the 3DGS properties.
+    """
+    from plyfile import PlyData, PlyListProperty, PlyParseError
+
+    if not os.path.isfile(path):
+        raise UserError(f"Gaussian PLY {path} does not exist; pass a 3DGS PLY file")
+    _check_ply_header(path)
     try:
         vertex = PlyData.read(str(path))["vertex"]
-    except (OSError, ValueError, KeyError, PlyParseError) as err:
-        raise UserError(f"cannot read Gaussian PLY {path}: {err}") from err
-    names = vertex.data.dtype.names
+    except (OSError, ValueError, KeyError, IndexError, TypeError, MemoryError, PlyParseError) as err:
+        raise UserError(f"cannot read Gaussian PLY {path}: {str(err)[:200]}; {PLY_FIX}") from err
+    names = vertex.data.dtype.names or ()
+    if any(isinstance(prop, PlyListProperty) for prop in vertex.properties):
+        raise UserError(f"{path} is not a 3DGS PLY: its vertices have list properties; {PLY_FIX}")
 
     def col(name: str) -> np.ndarray:
         if name not in names:
             raise UserError(f"{path} is not a 3DGS PLY: property {name!r} is missing")
-        return np.asarray(vertex[name], dtype=np.float32)
+        try:
+            return np.array(vertex[name], dtype=np.float32)  # a copy: packed records have odd strides
+        except (ValueError, TypeError) as err:
+            raise UserError(
+                f"{path}: property {name!r} is not a number per vertex ({err}); {PLY_FIX}"
+            ) from None
 
     def cols(prefix: str, count: int) -> Tensor:
         return torch.from_numpy(np.stack([col(f"{prefix}_{i}") for i in range(count)], axis=1))
@@ -335,8 +405,15 @@ def splat_bytes(splats: dict[str, Tensor]) -> bytes:
 
 
 def read_splat(path: str | os.PathLike) -> dict[str, Tensor]:
-    """Reads a ``.splat`` file into activated values: means, scales, rgb, opacities, quats."""
-    raw = Path(path).read_bytes()
+    """Reads a ``.splat`` file into activated values: means, scales, rgb, opacities, quats.
+
+    Raises:
+        UserError: a missing file or one whose size is not a whole number of 32-byte splats.
+    """
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as err:
+        raise UserError(f"cannot read .splat file {path} ({err}); pass a .splat file") from None
     if len(raw) % SPLAT_DTYPE.itemsize:
         raise UserError(f"{path} is not a .splat file (size {len(raw)} is not a multiple of 32 bytes)")
     data = np.frombuffer(raw, dtype=SPLAT_DTYPE)

@@ -13,10 +13,12 @@ from __future__ import annotations
 import json
 import logging
 import math
+import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -81,7 +83,7 @@ def _read_image(path: Path, background: float) -> tuple[np.ndarray, np.ndarray |
             im.load()
             has_alpha = im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info)
             arr = np.asarray(im.convert("RGBA" if has_alpha else "RGB"), dtype=np.float32) / 255.0
-    except OSError as err:
+    except Exception as err:  # noqa: BLE001 - Pillow's decoders raise many types (OSError, SyntaxError, ...)
         raise UserError(f"cannot read image {path} ({err}); replace or remove the file") from err
     if not has_alpha:
         return arr, None
@@ -126,35 +128,32 @@ def load_transforms(path: str | Path, resolution: int = 0, background: float = 1
     path = Path(path)
     try:
         meta = json.loads(path.read_text())
-        frames = meta["frames"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
+    except (OSError, UnicodeDecodeError, ValueError) as err:
         raise UserError(f"cannot read {path} as a transforms.json ({err}); check the file") from err
+    frames = meta.get("frames") if isinstance(meta, dict) else None
+    if not isinstance(frames, list):
+        raise UserError(f"{path} is not a transforms.json: it needs a 'frames' list; check the file")
     if not frames:
         raise UserError(f"{path} lists no frames")
     paths, c2ws, intrinsics = [], [], []
-    for frame in frames:
+    for i, frame in enumerate(frames):
+        if not isinstance(frame, dict) or not isinstance(frame.get("file_path"), str):
+            raise UserError(f"{path}: frame {i} needs a 'file_path' string; check the file")
         p = path.parent / frame["file_path"]
         if not p.suffix:
             p = next((p.with_suffix(s) for s in (".png", ".jpg", ".jpeg") if p.with_suffix(s).is_file()), p)
         if not p.is_file():
             raise UserError(f"{path}: image {p} is missing; fix file_path or restore the image")
-        w = int(frame.get("w", meta.get("w", 0)))
-        h = int(frame.get("h", meta.get("h", 0)))
-        if not w or not h:
-            with Image.open(p) as im:
-                w, h = im.size
-        fx = frame.get("fl_x", meta.get("fl_x"))
-        if fx is None:
-            angle = frame.get("camera_angle_x", meta.get("camera_angle_x"))
-            if angle is None:
-                raise UserError(f"{path} has neither fl_x nor camera_angle_x; add the focal length")
-            fx = 0.5 * w / math.tan(0.5 * float(angle))
-        fy = frame.get("fl_y", meta.get("fl_y", fx))
-        cx = frame.get("cx", meta.get("cx", w / 2))
-        cy = frame.get("cy", meta.get("cy", h / 2))
+        try:
+            c2w, intrinsic = _frame_camera(frame, meta, p)
+        except (KeyError, TypeError, ValueError, OverflowError, ZeroDivisionError) as err:
+            raise UserError(
+                f"{path}: frame {i} ({frame['file_path']}) has a bad camera ({type(err).__name__}: "
+                f"{str(err)[:120]}); it needs a 4x4 transform_matrix and fl_x or camera_angle_x"
+            ) from None
         paths.append(p)
-        c2ws.append(np.asarray(frame["transform_matrix"], dtype=np.float32))
-        intrinsics.append((float(fx), float(fy), float(cx), float(cy), w, h))
+        c2ws.append(c2w)
+        intrinsics.append(intrinsic)
     sizes = {(w, h) for *_, w, h in intrinsics}
     if len(sizes) != 1:
         raise UserError(f"{path} mixes image sizes {sorted(sizes)}; resize the images to one size")
@@ -162,6 +161,48 @@ def load_transforms(path: str | Path, resolution: int = 0, background: float = 1
     cams = Cameras(torch.from_numpy(np.stack(c2ws)), k[:, 0], k[:, 1], k[:, 2], k[:, 3], w, h)
     images, alphas, cams = _load_images(paths, cams, resolution, background)
     return SceneData(images, cams, [p.name for p in paths], alphas=alphas)
+
+
+def _frame_camera(frame: dict, meta: dict, image: Path) -> tuple[np.ndarray, tuple]:
+    """``(camera-to-world [4, 4], (fx, fy, cx, cy, w, h))`` of one transforms.json frame.
+
+    Raises:
+        UserError: the image cannot be read.
+        KeyError, TypeError, ValueError: a missing, wrongly typed or out-of-range entry (the caller names
+            the frame).
+    """
+    try:
+        with Image.open(image) as im:
+            size = im.size
+    except Exception as err:  # noqa: BLE001 - Pillow's decoders raise many types
+        raise UserError(f"cannot read image {image} ({err}); replace or remove the file") from err
+    w = int(frame.get("w", meta.get("w", 0)) or 0)
+    h = int(frame.get("h", meta.get("h", 0)) or 0)
+    if (w or h) and (w, h) != size:
+        raise ValueError(f"w, h {w}x{h} differ from the image's {size[0]}x{size[1]}")
+    w, h = size
+    fx = frame.get("fl_x", meta.get("fl_x"))
+    if fx is None:
+        angle = frame.get("camera_angle_x", meta.get("camera_angle_x"))
+        if angle is None:
+            raise ValueError("neither fl_x nor camera_angle_x: add the focal length")
+        if not 0 < float(angle) < math.pi:
+            raise ValueError(f"camera_angle_x {angle} is not an angle in (0, pi)")
+        fx = 0.5 * w / math.tan(0.5 * float(angle))
+    fy = frame.get("fl_y", meta.get("fl_y", fx))
+    cx = frame.get("cx", meta.get("cx", w / 2))
+    cy = frame.get("cy", meta.get("cy", h / 2))
+    intrinsic = (float(fx), float(fy), float(cx), float(cy), w, h)
+    c2w = np.asarray(frame["transform_matrix"], dtype=np.float32)
+    if c2w.shape == (3, 4):
+        c2w = np.concatenate([c2w, np.array([[0, 0, 0, 1]], dtype=np.float32)])
+    if c2w.shape != (4, 4):
+        raise ValueError(f"transform_matrix has shape {c2w.shape}, not 4x4")
+    if not (np.isfinite(c2w).all() and all(math.isfinite(v) for v in intrinsic[:4])):
+        raise ValueError("non-finite camera values")
+    if intrinsic[0] <= 0 or intrinsic[1] <= 0:
+        raise ValueError(f"focal lengths {intrinsic[0]}, {intrinsic[1]} must be positive")
+    return c2w, intrinsic
 
 
 def write_transforms(path: str | Path, scene: SceneData, image_dir: str = "images") -> Path:
@@ -195,10 +236,53 @@ def find_colmap_model(folder: Path) -> tuple[Path, Path] | None:
     return None
 
 
+COLMAP_READ_MEMORY = 4 << 30
+"""Address space the trial read of a COLMAP model may use (bytes)."""
+_TRIAL_READ = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (int(sys.argv[2]), int(sys.argv[2])))
+import av, PIL.Image, pycolmap  # pycolmap last, as recon.data.poses.import_pycolmap
+pycolmap.Reconstruction(sys.argv[1])
+"""
+
+
+def read_colmap_model(model_dir: Path) -> Any:
+    """``pycolmap.Reconstruction`` of a model folder (text or binary), or a :class:`UserError`.
+
+    pycolmap's binary readers allocate whatever a damaged count says (gigabytes) and can abort the
+    process, so the model is first read in a child process with bounded memory and time (a few tenths
+    of a second); only a model that read there is read here.
+
+    Raises:
+        UserError: naming the folder when the model is damaged.
+    """
+    fix = "re-run SfM (pass the images or video instead) or re-export the model from COLMAP"
+    try:
+        trial = subprocess.run(
+            [sys.executable, "-c", _TRIAL_READ, str(model_dir), str(COLMAP_READ_MEMORY)],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        raise UserError(f"reading the COLMAP model in {model_dir} did not finish; {fix}") from None
+    if trial.returncode != 0:
+        lines = [ln.strip() for ln in trial.stderr.splitlines() if ln.strip()]
+        reason = lines[-1][:200] if lines else f"exit status {trial.returncode}"
+        raise UserError(f"cannot read the COLMAP model in {model_dir} ({reason}); {fix}")
+    pycolmap = import_pycolmap()
+    try:
+        return pycolmap.Reconstruction(str(model_dir))
+    except (ValueError, RuntimeError, OSError, IndexError, MemoryError) as err:
+        raise UserError(f"cannot read the COLMAP model in {model_dir} ({str(err)[:200]}); {fix}") from None
+
+
 def load_colmap(folder: str | Path, resolution: int = 0, background: float = 1.0) -> SceneData:
     """Loads a COLMAP folder: registered images, pinhole cameras and the sparse points.
 
     Models with lens distortion are undistorted first (COLMAP's undistorter, into a temp folder).
+
+    Raises:
+        UserError: not a COLMAP folder, a damaged model, no registered image, images of several sizes
+            or a missing / unreadable image.
     """
     pycolmap = import_pycolmap()
     folder = Path(folder)
@@ -206,24 +290,40 @@ def load_colmap(folder: str | Path, resolution: int = 0, background: float = 1.0
     if found is None:
         raise UserError(f"{folder} is not a COLMAP folder; it needs sparse/0/cameras.bin and images/")
     model_dir, image_dir = found
-    rec = pycolmap.Reconstruction(model_dir)
-    if any(not cam.is_undistorted() for cam in rec.cameras.values()):
+    rec = read_colmap_model(model_dir)
+    try:
+        distorted = any(not cam.is_undistorted() for cam in rec.cameras.values())
+    except (ValueError, RuntimeError) as err:
+        raise UserError(f"{model_dir}: a camera of the COLMAP model is damaged ({err})") from None
+    if distorted:
         with tempfile.TemporaryDirectory(prefix="sds3d-undistort-") as tmp:
-            pycolmap.undistort_images(tmp, model_dir, image_dir)
+            try:
+                pycolmap.undistort_images(tmp, model_dir, image_dir)
+            except (ValueError, RuntimeError, OSError) as err:
+                raise UserError(
+                    f"cannot undistort the COLMAP model in {model_dir} ({str(err)[:200]}); undistort it "
+                    "with COLMAP's image_undistorter, or pass the images or video instead"
+                ) from None
             return load_colmap(tmp, resolution, background)
     images = sorted((img for img in rec.images.values() if img.has_pose), key=lambda im: im.name)
+    if not images:
+        raise UserError(f"the COLMAP model in {model_dir} has no registered image; re-run SfM")
     sizes = {(im.camera.width, im.camera.height) for im in images}
     if len(sizes) != 1:
         raise UserError(
             f"{folder}: images of several sizes {sorted(sizes)}; undistort/resize them to one size"
         )
     w, h = sizes.pop()
+    if not (1 <= w <= 65536 and 1 <= h <= 65536):
+        raise UserError(f"{model_dir}: camera size {w}x{h} is not an image size; fix or re-export the model")
     viewmats, Ks = [], []
     for im in images:
         m = np.eye(4, dtype=np.float64)
         m[:3] = im.cam_from_world().matrix()
         viewmats.append(m)
         Ks.append(im.camera.calibration_matrix())
+    if not (np.isfinite(viewmats).all() and np.isfinite(Ks).all()):
+        raise UserError(f"{model_dir}: the COLMAP model holds non-finite poses or intrinsics; re-run SfM")
     cams = Cameras.from_viewmats(
         torch.tensor(np.stack(viewmats)).float(), torch.tensor(np.stack(Ks)).float(), w, h
     )

@@ -1,4 +1,5 @@
-"""Writers for textured meshes: GLB (binary glTF 2.0) and OBJ + MTL + PNG, all written atomically.
+"""Writers for textured meshes: GLB (binary glTF 2.0) and OBJ + MTL + PNG, all written atomically, and
+:func:`read_mesh`, which reads them back (or another tool's) with one clear error for a damaged file.
 
 Coordinate conventions:
 
@@ -30,6 +31,7 @@ import numpy as np
 import trimesh
 from PIL import Image
 
+from recon.errors import UserError
 from recon.mesh.uv import UVMesh
 
 MATERIAL_NAME = "material0"
@@ -150,3 +152,41 @@ def write_obj(
             write_bytes_synced(tmp / name, data)
     out = Path(out_dir)
     return {"obj": out / f"{stem}.obj", "mtl": out / f"{stem}.mtl", "texture": out / texture_name}
+
+
+MESH_SUFFIXES = (".glb", ".gltf", ".obj", ".ply", ".stl", ".off")
+"""Mesh files :func:`read_mesh` reads."""
+
+
+def read_mesh(path: str | os.PathLike) -> trimesh.Trimesh:
+    """Reads a GLB / OBJ (an sds3d export or another tool's) as one triangle mesh.
+
+    Args:
+        path: The mesh file (an OBJ's MTL and texture are looked up beside it).
+
+    Returns:
+        The mesh: at least one triangle, finite vertices, every face index inside the vertex list.
+
+    Raises:
+        UserError: the file is missing, of another kind, damaged or holds no triangles; the message
+            names the file and the fix.
+    """
+    path = Path(path)
+    fix = "re-export it (sds3d export RUN --format glb obj) or pass another file"
+    if not path.is_file():
+        raise UserError(f"mesh {path} does not exist; pass a {' / '.join(MESH_SUFFIXES)} file")
+    if path.suffix.lower() not in MESH_SUFFIXES:
+        raise UserError(f"{path} is not a mesh file; pass one of {', '.join(MESH_SUFFIXES)}")
+    try:
+        mesh = trimesh.load(path, force="mesh", process=False)
+        vertices = np.asarray(mesh.vertices, dtype=np.float64)
+        faces = np.asarray(mesh.faces)
+    except Exception as err:  # noqa: BLE001 - trimesh's parsers raise many types on damaged files
+        raise UserError(f"cannot read mesh {path} ({type(err).__name__}: {str(err)[:200]}); {fix}") from None
+    if faces.ndim != 2 or faces.shape[1] != 3 or len(faces) == 0:
+        raise UserError(f"mesh {path} holds no triangles; {fix}")
+    if vertices.ndim != 2 or vertices.shape[1] != 3 or not np.isfinite(vertices).all():
+        raise UserError(f"mesh {path} has vertices that are not finite 3D points; {fix}")
+    if faces.min() < 0 or faces.max() >= len(vertices):
+        raise UserError(f"mesh {path} has faces that index missing vertices; {fix}")
+    return mesh
