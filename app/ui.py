@@ -31,6 +31,7 @@ from app.forms import (
     warm_up,
 )
 from app.jobs import RunJob, list_runs, obj_zip, render_preview, run_caption, run_files
+from app.tabs.image import build_image_tab
 
 __all__ = [
     "EMBEDDED_PRIORS", "EXAMPLE_PROMPTS", "PRIOR_CHOICES", "WARM", "build_app", "check_prior_source",
@@ -298,6 +299,8 @@ def build_app(
                     with gr.Row():
                         reconstruct_btn = gr.Button("Reconstruct", variant="primary", elem_id="reconstruct")
                         video_cancel_btn = gr.Button("Cancel", variant="stop", elem_id="video-cancel")
+                with gr.Tab("Image to 3D"):
+                    image_tab = build_image_tab(outputs, follow, user_error, export_extra, allowed_prior_dirs)
                 status = gr.Markdown("", elem_id="status")
                 preview = gr.Image(label="Preview (turntable)", type="filepath", interactive=False)
             with gr.Column(scale=1):
@@ -331,8 +334,9 @@ def build_app(
             concurrency_id="generate", validator=validate_video_fn, show_progress="full",
         )  # fmt: skip
         video_cancel_btn.click(None, None, None, cancels=[video_event])
+        image_event = image_tab.connect(outputs_)
         opened = gallery.select(open_run, [runs_state], outputs_, api_visibility="private")
-        for event in (gen_event, video_event, opened):
+        for event in (gen_event, video_event, image_event, opened):
             event.then(redraw_viewers, [shown_run], [glb_view, splat_view], api_visibility="private",
                        show_progress="hidden")  # fmt: skip
         refresh_btn.click(gallery_value, None, [gallery, runs_state], api_visibility="private")
