@@ -107,6 +107,14 @@ def _check_source(
     return source
 
 
+def embedded_view_dir() -> Path:
+    """``priors.view.EMBEDDED_VIEW_DIR``, found without importing ``priors.view`` (diffusers: seconds)."""
+    import importlib.util
+
+    view_module = Path(importlib.util.find_spec("priors.view").origin).resolve()
+    return view_module.parent.parent / "assets" / "embedded-view"
+
+
 def check_reference(image: str, mask: str | None = None, size: int = CHECK_SIZE) -> Any:
     """The reference prepared as the pipeline prepares it, at ``size`` px (errors name the field).
 
@@ -159,9 +167,6 @@ def make_image_config(
     Raises:
         UserError: naming the fix and, in ``err.field``, the form field at fault.
     """
-    from recon.errors import UserError
-    from recon.pipelines.dreamcraft3d import DreamCraft3DConfig, validate
-
     if not image:
         raise field_error("image", "upload a picture first (drop a PNG, JPEG or WebP file on its box)")
     _check_suffix("image", image, "the picture")
@@ -179,20 +184,20 @@ def make_image_config(
         "texture_size": _bounded("texture_size", "texture size", texture_size),
     }
     view_prior = _check_source("view_prior", "view prior", view_prior, allowed_prior_dirs, VIEW_PRIOR_CHOICES)
-    if view_prior == "embedded":
-        from priors.view import EMBEDDED_VIEW_DIR
-
-        if not (EMBEDDED_VIEW_DIR / "model_index.json").is_file():
-            raise field_error(
-                "view_prior",
-                f"the embedded view-conditioned prior is not shipped (looked in {EMBEDDED_VIEW_DIR}); "
-                "choose none, or type a Zero123 diffusers folder / hub id",
-            )
+    if view_prior == "embedded" and not (embedded_view_dir() / "model_index.json").is_file():
+        raise field_error(
+            "view_prior",
+            f"the embedded view-conditioned prior is not shipped (looked in {embedded_view_dir()}); "
+            "choose none, or type a Zero123 diffusers folder / hub id",
+        )
     prior = _check_source("prior", "text prior", prior, allowed_prior_dirs, TEXT_PRIOR_CHOICES)
     if texture_guidance not in ("bsd", "sds"):
         raise field_error("texture_guidance", f"texture guidance is bsd or sds, got {texture_guidance!r}")
     if check_image:
         check_reference(image, mask)
+    from recon.errors import UserError
+    from recon.pipelines.dreamcraft3d import DreamCraft3DConfig, validate  # after the cheap checks
+
     config = DreamCraft3DConfig(
         image=str(image), mask=str(mask or ""), prompt=prompt, prior=prior, view_prior=view_prior,
         texture_guidance=texture_guidance, allow_download=bool(allow_download), progress_bar=True, **numbers,

@@ -49,6 +49,11 @@ def cone_picture(path: Path, size: int = 96, rgba: bool = True) -> Path:
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
+    # Imported at start, as `sds3d app`'s warm-up does: the tab's checks run before queueing, inside
+    # gradio_client's 20 s request timeout, which a first import on a loaded machine can exceed.
+    import recon.data.reference  # noqa: F401
+    import recon.pipelines  # noqa: F401
+
     outputs = tmp_path_factory.mktemp("image-app-outputs")
     # As `sds3d app --host 0.0.0.0` serves it: local priors only from the outputs folder; small uploads.
     demo = build_app(outputs, max_queue_size=4, export_extra=IMAGE_EXPORT, allowed_prior_dirs=[outputs])
@@ -81,6 +86,13 @@ def pictures(tmp_path_factory):
 
 def runs(outputs: Path) -> list[Path]:
     return sorted(p for p in (outputs / "dreamcraft3d").glob("*") if p.is_dir())
+
+
+def test_the_embedded_view_prior_is_looked_for_where_priors_view_keeps_it():
+    from app.tabs.image import embedded_view_dir
+    from priors.view import EMBEDDED_VIEW_DIR
+
+    assert embedded_view_dir() == EMBEDDED_VIEW_DIR
 
 
 def test_the_tab_endpoints_are_in_the_api_with_their_types(app):
