@@ -45,6 +45,12 @@ class Pipeline:
     """Writes the run's own result into ``export/`` (default: :func:`recon.runs.export_run`)."""
     run_name: Callable[[Any, Any], str] | None = None
     """``(config, priors) -> name`` of the run folder (default: the prompt)."""
+    keep_inputs: Callable[[Any, Path], Any] | None = None
+    """``(config, run_dir) -> config``: copies the run's input files (a reference picture, a mask) into
+    ``run_dir/inputs/`` and returns the config naming them relative to the run, so a run resumes and
+    re-exports after its inputs are gone (an upload's temporary file, a moved picture)."""
+    resolve_inputs: Callable[[Any, Path], Any] | None = None
+    """``(config, run_dir) -> config``: the inverse on resume (run-relative input paths made absolute)."""
 
 
 def _check_prompt_stabledreamer(config: Any, priors: Any) -> None:
@@ -70,6 +76,8 @@ PIPELINES: dict[str, Pipeline] = {
         dreamcraft3d.check_prompt,
         export=dreamcraft3d.export,
         run_name=dreamcraft3d.run_name,
+        keep_inputs=dreamcraft3d.keep_inputs,
+        resolve_inputs=dreamcraft3d.resolve_inputs,
     ),
 }
 
@@ -102,6 +110,8 @@ def generate(
         pipeline, data = load_config(run_dir)
         spec = get_pipeline(pipeline)
         config = config_from_dict(spec.config_cls, data)
+        if spec.resolve_inputs is not None:
+            config = spec.resolve_inputs(config, run_dir)
         spec.validate(config)
         priors = spec.load_priors(config)
         trainer = spec.build_trainer(config, priors, run_dir)
@@ -117,6 +127,8 @@ def generate(
         name = spec.run_name(config, priors) if spec.run_name else getattr(config, "prompt", pipeline)
         run_dir = create_run_dir(out_root, pipeline, name)
         try:
+            if spec.keep_inputs is not None:
+                config = spec.keep_inputs(config, run_dir)
             trainer = spec.build_trainer(config, priors, run_dir)
             save_config(config, run_dir, pipeline)
         except BaseException:

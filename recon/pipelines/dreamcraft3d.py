@@ -754,6 +754,37 @@ class DreamCraft3DRun:
         )
 
 
+INPUTS_DIR = "inputs"
+"""Where a run keeps copies of its picture and mask (paths in its config.yaml are relative to the run)."""
+
+
+def keep_inputs(config: DreamCraft3DConfig, run_dir: Path) -> DreamCraft3DConfig:
+    """Copies the picture (and mask) into ``run_dir/inputs/``; the config then names them run-relative."""
+    from recon.atomic import atomic_write_bytes
+
+    folder = Path(run_dir) / INPUTS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    kept = {}
+    for name in ("image", "mask"):
+        source = getattr(config, name)
+        if not source:
+            continue
+        target = folder / (("reference" if name == "image" else "mask") + Path(source).suffix.lower())
+        atomic_write_bytes(target, Path(source).read_bytes())
+        kept[name] = f"{INPUTS_DIR}/{target.name}"
+    return replace(config, **kept)
+
+
+def resolve_inputs(config: DreamCraft3DConfig, run_dir: Path) -> DreamCraft3DConfig:
+    """On resume: run-relative input paths (written by :func:`keep_inputs`) made absolute."""
+    resolved = {}
+    for name in ("image", "mask"):
+        value = getattr(config, name)
+        if value and not Path(value).is_absolute() and (Path(run_dir) / value).is_file():
+            resolved[name] = str((Path(run_dir) / value).resolve())
+    return replace(config, **resolved)
+
+
 def run_name(config: DreamCraft3DConfig, priors: LoadedPriors) -> str:
     """The run folder's name: the prompt (given or captioned), else the picture's file name."""
     return priors.prompt or Path(config.image).stem or "image"

@@ -98,6 +98,12 @@ def test_short_image_to_3d_run_fits_the_reference_and_exports_a_uv_mesh(tmp_path
     inside = rendered & truth
     mean = out.rgb[0][inside].mean(0)
     assert mean[0] > 0.5 and mean[1] < 0.35 and mean[2] < 0.35  # red
+    # The run keeps its own copy of the picture: it resumes after the original is gone.
+    from recon.runs import load_config
+
+    assert load_config(run)[1]["image"] == "inputs/reference.png"
+    assert (run / "inputs" / "reference.png").read_bytes() == image.read_bytes()
+    image.unlink()
     # Resuming a finished run trains nothing more and exports again.
     again = generate(resume=run)
     assert again == run
