@@ -27,6 +27,7 @@ from app.commands.app import AppCommand
 from app.commands.batch import BatchCommand
 from app.commands.export import ExportCommand
 from app.commands.generate import GenerateCommand
+from app.commands.hands import HandsCommand
 from app.commands.prior import PriorCommand
 from app.commands.reconstruct import ReconstructCommand
 from app.presets import preset_default
@@ -39,6 +40,7 @@ Commands = Union[  # noqa: UP007 - tyro reads the Union
     Annotated[ReconstructCommand, tyro.conf.subcommand("reconstruct")],
     Annotated[BatchCommand, tyro.conf.subcommand("batch")],
     Annotated[AppCommand, tyro.conf.subcommand("app")],
+    Annotated[HandsCommand, tyro.conf.subcommand("hands")],
 ]
 
 
