@@ -15,10 +15,17 @@ bound to one Gaussian module, a NaN/Inf guard (skip the step, log it, never chec
 values), periodic atomic checkpoints (``ckpt/last.pt``) of every module and optimizer with exact
 resume (RNG states included), a tqdm bar and per-stage metrics in ``metrics.json``.
 Deterministic on CPU for a given seed.
+
+Devices: :attr:`TrainConfig.device` says where the run computes; the loop moves every module, state
+module and auxiliary there before it builds its optimizers. Its generator stays a CPU generator on every
+device — every draw (cameras, pixels, timesteps, noise) is made on the CPU and moved, as the samplers and
+losses do — so a seed draws the same numbers on a CPU and a GPU, and a checkpoint (written with CPU
+tensors) resumes on either.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import time
@@ -262,6 +269,10 @@ class TrainConfig:
     """Show a tqdm bar (Gradio's ``track_tqdm`` picks it up)."""
     scene_scale: float = checked(1.0, low=1e-9, high=1e9)
     """Scale of the scene (learning rate of means, densification thresholds)."""
+    device: str | None = None
+    """Where the run computes: ``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (see
+    :func:`recon.device.resolve_device`); ``None``: where the first module's parameters already are (the
+    CPU for a new module)."""
 
 
 @dataclass
@@ -332,6 +343,10 @@ class Trainer:
         self.extra_state = dict(state or {})
         self.run_dir = Path(run_dir)
         self.config = config
+        self.device = run_device(config.device, self.modules)
+        for module in (*self.modules.values(), *self.extra_state.values()):
+            module.to(self.device)  # in place: the pipeline's references to its modules stay valid
+        # A CPU generator on every device (see the module docstring); torch.manual_seed seeds CUDA too.
         self.generator = torch.Generator().manual_seed(config.seed)
         torch.manual_seed(config.seed)
         self.learning_rates: dict[str, LearningRate] = {}
@@ -345,6 +360,8 @@ class Trainer:
                 if self.auxiliaries.get(aux.name, aux) is not aux:
                     raise ValueError(f"two different auxiliary trainables are named {aux.name!r}")
                 self.auxiliaries[aux.name] = aux
+        for aux in self.auxiliaries.values():
+            aux.module.to(self.device)
         self.aux_optimizers = {
             name: torch.optim.AdamW(aux.trainable(), lr=aux.learning_rate, weight_decay=aux.weight_decay)
             for name, aux in self.auxiliaries.items()
@@ -442,6 +459,10 @@ class Trainer:
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
         }
+        if self.device.type == "cuda":
+            payload["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        if self.device.type != "cpu":  # CPU tensors: the file loads anywhere, with or without map_location
+            payload = _to_device(payload, torch.device("cpu"))
         if set(self.modules) == {""} and isinstance(self.model, GaussianModel):
             # Version 1's top-level keys, for readers of the Gaussians-only layout; the same objects, so
             # pickling stores the tensors once.
@@ -466,25 +487,30 @@ class Trainer:
         try:
             for name, module in self.modules.items():
                 load_module_state(module, payload["modules"][name]["state"])
+                module.to(self.device)  # a densified module is rebuilt from the file's CPU tensors
             self.optimizers = self._make_optimizers()
             for name, opt in self.optimizers.items():
                 opt.load_state_dict(payload["optimizers"][name])
             for name, aux in self.auxiliaries.items():
                 load_module_state(aux.module, payload["auxiliaries"][name]["state"])
+                aux.module.to(self.device)
                 self.aux_optimizers[name] = torch.optim.AdamW(
                     aux.trainable(), lr=aux.learning_rate, weight_decay=aux.weight_decay
                 )
                 self.aux_optimizers[name].load_state_dict(payload["auxiliaries"][name]["optimizer"])
             for name, module in self.extra_state.items():
                 module.load_state_dict(payload["extra_state"][name])
+                module.to(self.device)
         except (KeyError, RuntimeError, ValueError) as err:
             raise UserError(
                 f"checkpoint {path} does not fit this run ({type(err).__name__}: {err}); "
                 "resume it with the settings it was made with, or start a new run"
             ) from err
-        self.strategy_state = payload["strategy_state"]
+        self.strategy_state = _to_device(payload["strategy_state"], self.device)
         self.generator.set_state(payload["generator"])
         torch.set_rng_state(payload["torch_rng"])
+        if self.device.type == "cuda" and "cuda_rng" in payload:  # a run resumed from a CPU one has none
+            torch.cuda.set_rng_state(payload["cuda_rng"], self.device)
         self.state = TrainState(payload["stage_index"], payload["stage_step"], payload["history"])
         log.info("resumed from %s at stage %d step %d", path, self.state.stage_index, self.state.stage_step)
 
@@ -515,7 +541,7 @@ class Trainer:
     def _run_stage(self, stage: Stage) -> None:
         if stage.learning_rates is not None:
             self.learning_rates.update(stage.learning_rates)
-        self.strategy = make_strategy(stage.densify) if stage.densify is not None else None
+        self.strategy = make_strategy(stage.densify, self.device) if stage.densify is not None else None
         if self.strategy is not None:
             gaussians = self.modules[stage.densify_module]
             self.strategy.check_sanity(gaussians.splats, self._module_optimizers(stage.densify_module))
@@ -584,7 +610,7 @@ class Trainer:
         batch = stage.sample(step, self.generator)
         output = stage.render(self.model, batch)
         ctx = StepContext(self.model, batch, output, stage.name, step, progress, self.generator)
-        total = torch.zeros(())
+        total = torch.zeros((), device=self.device)
         values: dict[str, float] = {}
         for term in stage.losses:
             result = term.fn(ctx)
@@ -680,3 +706,33 @@ class Trainer:
 
 def _key(module: str, group: str) -> str:
     return f"{module}.{group}" if module else group
+
+
+def run_device(name: str | None, modules: Mapping[str, torch.nn.Module]) -> torch.device:
+    """The device of a run: :attr:`TrainConfig.device` resolved, or (``None``) the first module's.
+
+    Raises:
+        UserError: a device name :func:`recon.device.resolve_device` refuses (CUDA where there is none).
+    """
+    if name is not None:
+        from recon.device import resolve_device
+
+        return resolve_device(name, "device")
+    for module in modules.values():
+        tensor = next(itertools.chain(module.parameters(), module.buffers()), None)
+        if tensor is not None:
+            return tensor.device
+    return torch.device("cpu")
+
+
+def _to_device(value: Any, device: torch.device) -> Any:
+    """``value`` with every tensor in it (nested dicts, lists, tuples) on ``device``; others as they are."""
+    if isinstance(value, Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: _to_device(v, device) for k, v in value.items()}
+    if isinstance(value, tuple) and hasattr(value, "_fields"):  # a named tuple
+        return type(value)(*(_to_device(v, device) for v in value))
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_device(v, device) for v in value)
+    return value
