@@ -358,8 +358,12 @@ class AlignmentTerms:
         R, t = self.scene.modules["object_poses"].pose(frames)
         return torch.einsum("tji,tvj->tvi", R, points - t[:, None])  # R^T (x - t)
 
-    def _sample(self, generator: torch.Generator) -> Tensor:
-        return self.frames[torch.randint(len(self.frames), (4,), generator=generator)]
+    def _hands(self, ctx: StepContext) -> dict[str, Any]:
+        """Both hands at the step's frames, computed once per step (the three terms share them)."""
+        if "hand_outputs" not in ctx.batch:
+            frames = ctx.batch["frames"]
+            ctx.batch["hand_outputs"] = {s: self.scene.hand_output(s, frames) for s in SIDES}
+        return ctx.batch["hand_outputs"]
 
     def distance(self, ctx: StepContext) -> Tensor:
         frames = ctx.batch["frames"]
@@ -368,7 +372,7 @@ class AlignmentTerms:
         world_centre = (R @ centre) + t
         out = 0.0
         for s in SIDES:
-            root = self.scene.hand_output(s, frames).joints[:, 0]
+            root = self._hands(ctx)[s].joints[:, 0]
             out = out + (root - world_centre).pow(2).sum(-1).mean()
         return out / 2
 
@@ -386,7 +390,7 @@ class AlignmentTerms:
         out = 0.0
         index = torch.searchsorted(self.frames, frames)
         for s in SIDES:
-            tips = self._in_object_frame(self.scene.hand_output(s, frames).keypoints[:, TIPS], frames)
+            tips = self._in_object_frame(self._hands(ctx)[s].keypoints[:, TIPS], frames)
             d = torch.cdist(tips, pts[None]).amin(-1)
             keep = self.touching[s][index].float()
             out = out + ((d - 0.002).clamp_min(0).pow(2) * keep).sum() / keep.sum().clamp_min(1.0)
@@ -398,7 +402,7 @@ class AlignmentTerms:
         dirs = _fibonacci_sphere(256).to(centre)
         out = 0.0
         for s in SIDES:
-            v = self._in_object_frame(self.scene.hand_output(s, frames).vertices, frames) - centre
+            v = self._in_object_frame(self._hands(ctx)[s].vertices, frames) - centre
             r = v.norm(dim=-1)
             nearest = (torch.nn.functional.normalize(v, dim=-1) @ dirs.T).argmax(-1)
             depth = (radius[nearest] - r).clamp_min(0)
@@ -467,17 +471,8 @@ def build_trainer(scene: BigsScene, train_frames: list[int], run_dir: Path) -> T
         bg = torch.rand(3, generator=generator) if config.background_random else torch.ones(3)
         union = masks[frame].amax(-1, keepdim=True)
         image = images[frame] * union + bg * (1 - union)
-        frames = torch.tensor(
-            sorted(
-                {
-                    frame,
-                    *[
-                        train_frames[int(i)]
-                        for i in torch.randint(len(train_frames), (3,), generator=generator)
-                    ],
-                }
-            )
-        )
+        other = train_frames[int(torch.randint(len(train_frames), (1,), generator=generator))]
+        frames = torch.tensor(sorted({frame, other}))  # the alignment terms' frames
         return {"frame": frame, "image": image, "masks": masks[frame], "background": bg, "frames": frames}
 
     def renderer(subjects: tuple[str, ...]):
