@@ -610,7 +610,35 @@ def export(scene: BigsScene, out: Path) -> dict[str, Path]:
             log.warning("object mesh not exported: %s", err)
     if scene.config.video:
         paths["video"] = write_replay(scene, out / "replay.mp4")
+    paths["animation"] = write_animation(scene, out / "animated.glb", paths.get("object_obj"))
     return paths
+
+
+@torch.no_grad()
+def write_animation(scene: BigsScene, path: Path, object_mesh: Path | None) -> Path:
+    """The animated GLB (skinned hands + the moving object mesh, when one was exported)."""
+    from recon.parametric.hand_glb import write_animated_glb
+
+    params = refined_hand_params(scene)
+    models = {s: scene.models[s].cpu() for s in SIDES}
+    color = tuple(float(c) for c in scene.modules["hands"].colors.mean(0).detach().cpu())
+    kwargs: dict[str, Any] = {}
+    if object_mesh is not None and Path(object_mesh).is_file():
+        import trimesh
+
+        mesh = trimesh.load(object_mesh, force="mesh", process=False)
+        R, t = scene.modules["object_poses"].pose()
+        try:
+            colors = np.asarray(mesh.visual.to_color().vertex_colors)[:, :3] / 255.0
+        except (AttributeError, ValueError):  # no texture to sample: plain white
+            colors = None
+        kwargs = dict(
+            object_vertices=np.asarray(mesh.vertices), object_faces=np.asarray(mesh.faces),
+            object_rotations=R.cpu().numpy(), object_translations=t.cpu().numpy(), object_colors=colors,
+        )  # fmt: skip
+    return write_animated_glb(
+        path, hands={s: (models[s], params[s]) for s in SIDES}, hand_color=color, **kwargs
+    )
 
 
 @torch.no_grad()

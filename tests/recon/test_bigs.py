@@ -48,7 +48,7 @@ def test_bigs_runs_and_writes_its_results(sequence, tmp_path):
     assert 0 < metrics["mpjpe_init_mm"] < 60 and 0 < metrics["mpjpe_mm"] < 60
     params, flat = read_hand_params(run / "export" / "hands.json", 6)
     assert flat and params["right"]["hand_pose"].shape == (6, 45)
-    for name in ("object.ply", "hand_canonical.ply", "replay.mp4", "object_poses.json"):
+    for name in ("object.ply", "hand_canonical.ply", "replay.mp4", "object_poses.json", "animated.glb"):
         assert (run / "export" / name).is_file(), name
     assert (run / "ckpt" / "last.pt").is_file()
 
