@@ -16,6 +16,9 @@ Two folder layouts read into one :class:`InstanceScene`:
                         y up, z towards the viewer), 0 = unknown
       prompts.json      {"<instance id>": "text of that object", ...}
 
+``transforms.json`` may also give ``scene_aabb`` ``[xmin, ymin, zmin, xmax, ymax, zmax]``, the box the
+scene lies in (otherwise a pipeline finds it from the depth maps or the cameras).
+
 **DP-Recon's layout** (https://github.com/DP-Recon/DP-Recon, ``code/datasets/scene_dataset.py``; the
 preprocessed Replica / ScanNet++ scans of MonoSDF / ObjectSDF++)::
 
@@ -58,6 +61,7 @@ from PIL import Image
 from torch import Tensor
 
 from recon.cameras import Cameras
+from recon.data.procedural import camera_rays
 from recon.errors import UserError
 
 Layout = Literal["documented", "dprecon"]
@@ -86,6 +90,8 @@ class InstanceScene:
     normals: Tensor | None = None  # [N, H, W, 3] camera-space unit normals (OpenGL axes), 0 = unknown
     texture_prompts: dict[int, str] = field(default_factory=dict)
     """Instance id -> text for the colour stage where the layout gives one (DP-Recon's texture prompts)."""
+    aabb: tuple[float, float, float, float, float, float] | None = None
+    """The box the scene lies in, when the layout says (DP-Recon's scans: the unit cube)."""
 
     def __len__(self) -> int:
         return len(self.names)
@@ -398,6 +404,18 @@ def _load_documented(folder: Path, check: bool = True) -> InstanceScene:
     prompts = {}
     if (folder / "prompts.json").is_file():
         prompts = _prompt_table(_read_json(folder / "prompts.json"), folder / "prompts.json")
+    aabb = meta.get("scene_aabb")
+    if aabb is not None:
+        try:
+            aabb = tuple(float(v) for v in aabb)
+        except (TypeError, ValueError):
+            aabb = ()
+        if (
+            len(aabb) != 6
+            or not all(math.isfinite(v) for v in aabb)
+            or any(aabb[i] >= aabb[i + 3] for i in range(3))
+        ):
+            raise UserError(f"{path}: scene_aabb must be [xmin, ymin, zmin, xmax, ymax, zmax] with min < max")
     scene = InstanceScene(
         images=torch.from_numpy(np.stack(images)),
         cameras=cams,
@@ -406,6 +424,7 @@ def _load_documented(folder: Path, check: bool = True) -> InstanceScene:
         prompts=prompts,
         depths=torch.from_numpy(np.stack(depths)) if depths else None,
         normals=torch.from_numpy(np.stack(normals)) if normals else None,
+        aabb=aabb,
     )
     if check:
         check_instance_scene(scene, folder)
@@ -527,6 +546,7 @@ def _load_dprecon(folder: Path, check: bool = True) -> InstanceScene:
         depths=torch.from_numpy(np.stack(depths)) if depths else None,
         normals=torch.from_numpy(np.stack(normals)) if normals else None,
         texture_prompts=texture,
+        aabb=(-1.0, -1.0, -1.0, 1.0, 1.0, 1.0),  # scale_mat normalises the scan into the unit sphere
     )
     if check:
         check_instance_scene(scene, folder)
@@ -602,6 +622,8 @@ def write_documented(folder: Path, scene: InstanceScene) -> None:
         )  # fmt: skip
         frames.append(frame)
     meta = {"camera_model": "PINHOLE", "w": cams.width, "h": cams.height, "frames": frames}
+    if scene.aabb is not None:
+        meta["scene_aabb"] = list(scene.aabb)
     (folder / "transforms.json").write_text(json.dumps(meta, indent=1))
     prompts = {str(k): v for k, v in sorted(scene.prompts.items())}
     (folder / "prompts.json").write_text(json.dumps(prompts, indent=1))
@@ -652,6 +674,89 @@ def write_instance_scene(out: str | Path, scene: InstanceScene, layout: Layout =
     return Path(out)
 
 
+# ---------------------------------------------------------------------------------------- rays
+@dataclass
+class SceneFrame:
+    """The map from the input's coordinates to the normalised box: ``x_n = (x - center) * scale``."""
+
+    center: tuple[float, float, float]
+    scale: float
+
+    def to_box(self, points: Tensor) -> Tensor:
+        return (points - points.new_tensor(self.center)) * self.scale
+
+    def to_scene(self, points: np.ndarray) -> np.ndarray:
+        return np.asarray(points) / self.scale + np.asarray(self.center)
+
+    def cameras(self, cams: Cameras) -> Cameras:
+        c2w = cams.camera_to_worlds.clone()
+        c2w[:, :3, 3] = self.to_box(c2w[:, :3, 3])
+        return replace(cams, camera_to_worlds=c2w)
+
+
+def scene_frame(scene: InstanceScene, radius: float) -> SceneFrame:
+    """Fits the scene into ``[-radius, radius]^3``: its ``aabb``, else the depth maps' points, else the
+    cameras and the point they look at."""
+    if scene.aabb is not None:
+        lo, hi = np.array(scene.aabb[:3]), np.array(scene.aabb[3:])
+    elif scene.depths is not None:
+        o, d, z_per_t = camera_rays(scene.cameras)
+        valid = scene.depths > 0
+        pts = (o + (scene.depths / z_per_t)[..., None] * d)[valid]
+        pts = torch.cat([pts, scene.cameras.camera_centers])
+        lo, hi = (torch.quantile(pts[:200_000], q, dim=0).numpy() for q in (0.01, 0.99))
+    else:
+        centers = scene.cameras.camera_centers.numpy()
+        spread = np.linalg.norm(centers - centers.mean(0), axis=-1).max()
+        lo, hi = centers.min(0) - 1.5 * spread, centers.max(0) + 1.5 * spread
+    center = (lo + hi) / 2
+    half = float(np.max(hi - lo)) / 2
+    return SceneFrame(tuple(float(c) for c in center), radius / max(half, 1e-9))
+
+
+@dataclass
+class RayTable:
+    """Every pixel of the training views as a ray with its targets (in the normalised box)."""
+
+    origins: Tensor  # [M, 3]
+    directions: Tensor  # [M, 3]
+    z_per_t: Tensor  # [M] z-depth per unit ray distance
+    camera: Tensor  # [M] view index
+    rgb: Tensor  # [M, 3]
+    labels: Tensor  # [M] 0 background, k object k
+    depth: Tensor | None  # [M] z-depth (scaled with the scene), 0 unknown
+    normals: Tensor | None  # [M, 3] camera-space (OpenGL) unit normals, 0 unknown
+    rotations: Tensor  # [V, 3, 3] camera -> world
+
+    def __len__(self) -> int:
+        return self.origins.shape[0]
+
+
+def ray_table(scene: InstanceScene, frame: SceneFrame) -> RayTable:
+    cams = frame.cameras(scene.cameras)
+    o, d, z = camera_rays(cams)
+    n = len(cams)
+    flat = lambda x: x.reshape(-1, *x.shape[3:])  # noqa: E731
+    return RayTable(
+        origins=flat(o), directions=flat(d), z_per_t=flat(z),
+        camera=torch.arange(n).repeat_interleave(cams.height * cams.width),
+        rgb=flat(scene.images).float(), labels=flat(scene.labels()),
+        depth=None if scene.depths is None else flat(scene.depths).float() * frame.scale,
+        normals=None if scene.normals is None else flat(scene.normals).float(),
+        rotations=cams.camera_to_worlds[:, :3, :3].float(),
+    )  # fmt: skip
+
+
+def sample_rays(rays: RayTable, n: int, object_fraction: float, generator: torch.Generator) -> Tensor:
+    """``n`` ray indices: ``object_fraction`` of them from instance pixels, the rest from all pixels."""
+    n_obj = round(n * object_fraction)
+    obj = (rays.labels > 0).nonzero().squeeze(-1)
+    picks = [torch.randint(len(rays), (n - n_obj,), generator=generator)]
+    if n_obj and len(obj):
+        picks.append(obj[torch.randint(len(obj), (n_obj,), generator=generator)])
+    return torch.cat(picks)
+
+
 def slug(text: str, max_len: int = 48) -> str:
     """A file-name slug of a prompt: ``"a red chair"`` -> ``a-red-chair``."""
     s = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
@@ -660,12 +765,17 @@ def slug(text: str, max_len: int = 48) -> str:
 
 __all__ = [
     "InstanceScene",
+    "RayTable",
+    "SceneFrame",
     "MIN_VIEWS",
     "atomic_scene_folder",
     "check_instance_scene",
     "decompose_projection",
     "load_instance_scene",
+    "ray_table",
     "resize_scene",
+    "sample_rays",
+    "scene_frame",
     "scene_layout",
     "slug",
     "write_documented",

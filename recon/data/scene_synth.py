@@ -218,6 +218,7 @@ class ProceduralScene:
             prompts={o.instance_id: o.caption() for o in self.objects},
             depths=r.depth,
             normals=r.normals,
+            aabb=(-BOX, -BOX, -BOX, BOX, BOX, BOX),
         )
 
     def description(self) -> dict:
