@@ -40,6 +40,7 @@ from priors import resolve_prior_name
 from priors.model import PromptConditioning
 from priors.sds import SDSConfig, SDSLoss
 from recon.cameras import Cameras, cameras_from_spherical, view_direction_words
+from recon.device import resolve, resolve_device
 from recon.errors import (
     CHECKPOINT_EVERY,
     FACES,
@@ -89,6 +90,13 @@ class DreamCraft3DConfig:
     """Optional transformers depth model (local folder or hub id) for the 1 − Pearson depth loss."""
     allow_download: bool = False
     """Let hub ids download (otherwise only local folders / the cache are used)."""
+    device: str = checked("auto", nonempty=True, fix="use auto, cpu, cuda or cuda:N")
+    """Where the run computes: ``auto`` (CUDA when torch sees a GPU, else the CPU), ``cpu``, ``cuda`` or
+    ``cuda:N`` (:func:`recon.device.resolve_device`)."""
+    dtype: str = checked("auto", nonempty=True, fix="use auto, float32, float16 or bfloat16")
+    """Weights dtype of the priors: ``auto`` (float16 on CUDA, float32 on the CPU), ``float32``,
+    ``float16`` or ``bfloat16``. The fields, the texture and BSD's two trainable copies of the texture
+    prior's denoiser train in float32 (AdamW underflows in float16)."""
     seed: int = checked(0, SEED)
     steps: int = checked(0, low=0, high=1_000_000)
     """Total steps split over the four stages in the proportions of their settings below (0: those
@@ -171,6 +179,7 @@ def with_stage_steps(config: DreamCraft3DConfig) -> DreamCraft3DConfig:
 def validate(config: DreamCraft3DConfig) -> None:
     """Raises a UserError for settings a run cannot start with (the image is checked when loaded)."""
     check_fields(config)
+    resolve(config.device, config.dtype)  # CUDA asked for where there is none: refused before any folder
     if not config.image:
         raise UserError("no reference image: give one with --image PICTURE.png")
     for name in ("coarse_steps", "sdf_init_steps", "sculpt_steps", "texture_steps"):
@@ -199,10 +208,12 @@ class LoadedPriors:
 
 
 def load_priors(config: DreamCraft3DConfig) -> LoadedPriors:
-    """Prepares the reference image and loads the text, view-conditioned and texture priors."""
+    """Prepares the reference image and loads the text, view-conditioned and texture priors (on the run's
+    device, in its dtype; the reference stays on the CPU)."""
     from priors.model import DiffusionPrior
     from recon.data.reference import ReferenceConfig, load_reference
 
+    device, dtype = resolve(config.device, config.dtype)
     reference = load_reference(
         config.image,
         ReferenceConfig(size=config.reference_size, segmentation=config.segmentation),
@@ -215,14 +226,18 @@ def load_priors(config: DreamCraft3DConfig) -> LoadedPriors:
     def text_prior(source: str):
         # BSD fine-tunes a denoiser and the exemplar prior has none: "embedded" is the pixel UNet here.
         name = "embedded-unet" if source == "embedded" else resolve_prior_name(source)
-        return DiffusionPrior.from_pretrained(name, allow_download=config.allow_download)
+        return DiffusionPrior.from_pretrained(
+            name, allow_download=config.allow_download, device=device, dtype=dtype
+        )
 
     text = text_prior(config.prior)
     view = None
     if config.view_prior != "none":
         from priors.view import ViewConditionedPrior
 
-        view = ViewConditionedPrior.from_pretrained(config.view_prior, allow_download=config.allow_download)
+        view = ViewConditionedPrior.from_pretrained(
+            config.view_prior, allow_download=config.allow_download, device=device, dtype=dtype
+        )
     texture = text if config.texture_prior == "same" else text_prior(config.texture_prior)
     prompt = config.prompt.strip()
     if not prompt and config.prior.startswith("embedded"):
@@ -399,10 +414,18 @@ def eroded(mask: torch.Tensor, kernel: int) -> torch.Tensor:
 class GeometryLosses:
     """The reference and guidance terms shared by the coarse and sculpt stages."""
 
-    def __init__(self, config: DreamCraft3DConfig, priors: LoadedPriors, text_sds, view_sds):
+    def __init__(
+        self,
+        config: DreamCraft3DConfig,
+        priors: LoadedPriors,
+        text_sds,
+        view_sds,
+        device: torch.device | str = "cpu",
+    ):
         self.config = config
-        self.rgb, self.mask = reference_targets(priors.reference)
-        self.depth = priors.reference.depth
+        self.rgb, self.mask = (t.to(device) for t in reference_targets(priors.reference))
+        depth = priors.reference.depth
+        self.depth = depth.to(device) if depth is not None else None
         self.text_sds, self.view_sds = text_sds, view_sds
         self.text_cond = (
             TextConditioning(priors.text, priors.prompt, config.negative_prompt) if priors.text else None
@@ -480,6 +503,7 @@ def build_trainer(config: DreamCraft3DConfig, priors: LoadedPriors, run_dir: str
     """The coarse → sdf-init → sculpt trainer and the texture stage that follows it."""
     validate(config)
     config = with_stage_steps(config)
+    device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     coarse = DensityField(config.nerf)
     sdf = SDFField(config.sdf)
@@ -498,7 +522,7 @@ def build_trainer(config: DreamCraft3DConfig, priors: LoadedPriors, run_dir: str
         if priors.view is not None
         else None
     )
-    losses = GeometryLosses(config, priors, text_sds, view_sds)
+    losses = GeometryLosses(config, priors, text_sds, view_sds, device)
     ref_cam = reference_camera(config, config.reference_size)
 
     def sampler(stage_offset: int, steps: int, progressive: bool):
@@ -586,8 +610,9 @@ def build_trainer(config: DreamCraft3DConfig, priors: LoadedPriors, run_dir: str
             )
         )  # fmt: skip
     train_config = TrainConfig(
-        seed=config.seed, checkpoint_every=config.checkpoint_every, progress_bar=config.progress_bar
-    )
+        seed=config.seed, checkpoint_every=config.checkpoint_every, progress_bar=config.progress_bar,
+        device=str(device),
+    )  # fmt: skip
     geometry = Trainer(
         {"coarse": coarse, "sdf": sdf}, stages, run_dir, train_config,
         state={"occupancy_coarse": occ_coarse, "occupancy_sdf": occ_sdf},
@@ -640,7 +665,8 @@ class DreamCraft3DRun:
 
         path = self.run_dir / "texture" / "initial_mesh.pt"
         if path.is_file():  # resume: the very mesh and texture the first run started from
-            return TexturedMesh.from_checkpoint_state(torch.load(path, weights_only=False))
+            state = torch.load(path, map_location="cpu", weights_only=False)
+            return TexturedMesh.from_checkpoint_state(state)
         c = self.config
         sdf = self.geometry.model["sdf"] if c.sculpt_steps or c.sdf_init_steps else None
         if sdf is None:
@@ -648,7 +674,7 @@ class DreamCraft3DRun:
         mesh = clean_mesh(extract_sdf_mesh(sdf, c.mesh_resolution))
         textured = TexturedMesh.from_trimesh(mesh, texture_size=c.texture_size, max_faces=c.max_faces)
         cameras = export_cameras(c.bake_views, radius=1.1, image_size=c.bake_size)
-        occupancy = OccupancyGrid(sdf.aabb, 64)
+        occupancy = OccupancyGrid(sdf.aabb, 64).to(sdf.aabb.device)  # the SDF's device (a CUDA run)
         update_sdf_occupancy(occupancy, sdf)
 
         @torch.no_grad()
@@ -670,8 +696,9 @@ class DreamCraft3DRun:
 
     def _texture_trainer(self) -> Trainer:
         c, priors = self.config, self.priors
+        device = self.geometry.device
         mesh = self._initial_mesh()
-        rgb_ref, mask_ref = reference_targets(priors.reference)
+        rgb_ref, mask_ref = (t.to(device) for t in reference_targets(priors.reference))
         inner = eroded(mask_ref, 3)  # released: 9×9 at 1024 px
         ref_cam = reference_camera(c, c.reference_size)
         conditioning = TextConditioning(priors.texture, priors.prompt, c.negative_prompt)
@@ -682,10 +709,15 @@ class DreamCraft3DRun:
 
             # Released: 5 fine-tune rounds of 1000 steps in a 5000-step stage, an SDEdit every 25.
             block = max(5, c.texture_steps // 5)
+            # Half-precision priors (CUDA's default) get float32 copies: AdamW underflows in float16.
+            half = getattr(priors.texture, "dtype", torch.float32) in (torch.float16, torch.bfloat16)
             bsd = BootstrappedScoreDistillation(
                 priors.texture,
-                BSDConfig(block_steps=block, augment_every=max(1, round(block / 40))),
-            )
+                BSDConfig(
+                    block_steps=block, augment_every=max(1, round(block / 40)),
+                    copy_dtype="float32" if half else None,
+                ),
+            )  # fmt: skip
             auxiliaries = bsd.auxiliaries()
         else:
             sds = SDSLoss(
@@ -750,7 +782,12 @@ class DreamCraft3DRun:
             {"texture": mesh},
             [stage],
             self.run_dir / "texture",
-            TrainConfig(seed=c.seed, checkpoint_every=c.checkpoint_every, progress_bar=c.progress_bar),
+            TrainConfig(
+                seed=c.seed,
+                checkpoint_every=c.checkpoint_every,
+                progress_bar=c.progress_bar,
+                device=str(device),
+            ),
         )
 
 

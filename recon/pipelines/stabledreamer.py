@@ -32,6 +32,7 @@ from priors import embedded_latent_source, resolve_prior_name
 from priors.model import PromptConditioning
 from priors.sds import SDSConfig, SDSLoss
 from recon.cameras import sample_hemisphere_cameras, view_direction_words
+from recon.device import resolve, resolve_device
 from recon.errors import (
     CHECKPOINT_EVERY,
     FRACTION,
@@ -71,6 +72,12 @@ class StableDreamerConfig:
     when one is shipped), a hub id (e.g. stabilityai/stable-diffusion-2-1-base) or a local folder."""
     allow_download: bool = False
     """Let diffusers download hub checkpoints (otherwise only the local cache is used)."""
+    device: str = checked("auto", nonempty=True, fix="use auto, cpu, cuda or cuda:N")
+    """Where the run computes: ``auto`` (CUDA when torch sees a GPU, else the CPU), ``cpu``, ``cuda`` or
+    ``cuda:N`` (:func:`recon.device.resolve_device`)."""
+    dtype: str = checked("auto", nonempty=True, fix="use auto, float32, float16 or bfloat16")
+    """Weights dtype of the priors: ``auto`` (float16 on CUDA, float32 on the CPU), ``float32``,
+    ``float16`` or ``bfloat16``; the Gaussians / field always train in float32."""
     steps: int = checked(300, STEPS)
     """Total optimization steps over both stages."""
     geometry_fraction: float = checked(0.6, FRACTION)
@@ -151,12 +158,15 @@ class LoadedPriors:
 
 
 def load_priors(config: StableDreamerConfig) -> LoadedPriors:
-    """Builds the two priors (the same object when the color prior is ``same`` and none is shipped)."""
+    """Builds the two priors (the same object when the color prior is ``same`` and none is shipped), on
+    the run's device in its dtype."""
     from priors.model import DiffusionPrior
+
+    device, dtype = resolve(config.device, config.dtype)
 
     def load(source: str):
         return DiffusionPrior.from_pretrained(
-            resolve_prior_name(source), allow_download=config.allow_download
+            resolve_prior_name(source), allow_download=config.allow_download, device=device, dtype=dtype
         )
 
     geometry = load(config.prior)
@@ -215,6 +225,7 @@ def validate(config: StableDreamerConfig) -> None:
     if not config.prompt or not config.prompt.strip():
         raise UserError('the prompt is empty; say what to make, e.g. sds3d generate "a red cube"')
     check_fields(config)
+    resolve(config.device, config.dtype)  # CUDA asked for where there is none: refused before any folder
     if config.geometry_fraction <= 0.0:
         raise UserError(f"geometry_fraction must be in (0, 1], got {config.geometry_fraction}")
     if config.representation == "nerf" and config.nerf.radius <= 0:
@@ -337,8 +348,9 @@ def build_trainer(config: StableDreamerConfig, priors: LoadedPriors, run_dir: st
         guidance = config.color_guidance_scale or config.sds.guidance_scale
         stages.append(stage_for("color", priors.color, color_steps, guidance, None))
     train_config = TrainConfig(
-        seed=config.seed, checkpoint_every=config.checkpoint_every, progress_bar=config.progress_bar
-    )
+        seed=config.seed, checkpoint_every=config.checkpoint_every, progress_bar=config.progress_bar,
+        device=str(resolve_device(config.device)),
+    )  # fmt: skip
     state = {"occupancy": occupancy} if occupancy is not None else None
     return Trainer(model, stages, run_dir, train_config, state=state)
 

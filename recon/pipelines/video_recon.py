@@ -29,6 +29,7 @@ from torch import Tensor
 
 from recon.cameras import Cameras
 from recon.data.datasets import SceneConfig, SceneData, load_scene, write_transforms
+from recon.device import resolve, resolve_device
 from recon.errors import (
     CHECKPOINT_EVERY,
     FACES,
@@ -105,6 +106,12 @@ class VideoReconConfig:
     """Prior of the SDS term: ``embedded``, a hub id or a local diffusers folder."""
     sds_prompt: str = ""
     """Text prompt of the SDS term (what the scene shows)."""
+    device: str = checked("auto", nonempty=True, fix="use auto, cpu, cuda or cuda:N")
+    """Where the run computes: ``auto`` (CUDA when torch sees a GPU, else the CPU), ``cpu``, ``cuda`` or
+    ``cuda:N`` (:func:`recon.device.resolve_device`); the input is loaded and posed on the CPU."""
+    dtype: str = checked("auto", nonempty=True, fix="use auto, float32, float16 or bfloat16")
+    """Weights dtype of the SDS term's prior: ``auto`` (float16 on CUDA, float32 on the CPU), ``float32``,
+    ``float16`` or ``bfloat16``; the Gaussians / field train in float32."""
     checkpoint_every: int = checked(500, CHECKPOINT_EVERY)
     """Steps between checkpoints."""
     export_formats: tuple[str, ...] = ("glb", "obj", "ply", "splat")
@@ -186,7 +193,8 @@ def build_gaussian_trainer(
 ) -> Trainer:
     """3D Gaussians from the SfM points, one view per step, L1 + D-SSIM (optional SDS)."""
     model = initial_model(scene, config)
-    cams, images = scene.cameras, scene.images
+    device = resolve_device(config.device)
+    cams, images = scene.cameras, scene.images.to(device)  # targets; the renderer moves the cameras
     centers = cams.camera_centers[train_idx]
     scene_scale = 1.1 * float((centers - centers.mean(0)).norm(dim=-1).max())
     bg = config.background
@@ -220,7 +228,7 @@ def build_gaussian_trainer(
     stage = Stage("fit", config.steps, sample, render, losses, lrs, config.densify)
     train_config = TrainConfig(
         seed=config.seed, checkpoint_every=config.checkpoint_every, progress_bar=config.progress_bar,
-        scene_scale=scene_scale,
+        scene_scale=scene_scale, device=str(device),
     )  # fmt: skip
     return Trainer(model, [stage], run_dir, train_config)
 
@@ -271,6 +279,7 @@ def build_nerf_trainer(
     uninterrupted one did (the grid itself is checkpointed through ``state=``).
     """
     model = initial_field(scene, config)
+    device = resolve_device(config.device)
     cams = scene.cameras[train_idx]
     images = scene.images[train_idx]  # [N, H, W, 3]
     n, h, w = images.shape[:3]
@@ -292,10 +301,10 @@ def build_nerf_trainer(
         pixel = torch.randint(h * w, (r,), generator=generator)
         v, u = pixel // w, pixel % w
         origins, dirs = pixel_rays(cams, index, u, v)
-        return {
-            "origins": origins,
-            "directions": dirs,
-            "rgb": images[index, v, u],
+        return {  # drawn on the CPU, rendered on the run's device (render_rays follows the rays')
+            "origins": origins.to(device),
+            "directions": dirs.to(device),
+            "rgb": images[index, v, u].to(device),
             "jitter": step_generator(step, 0),
         }
 
@@ -327,8 +336,9 @@ def build_nerf_trainer(
         on_step_end=update_occupancy if occupancy is not None else None,
     )  # fmt: skip
     train_config = TrainConfig(
-        seed=config.seed, checkpoint_every=config.checkpoint_every, progress_bar=config.progress_bar
-    )
+        seed=config.seed, checkpoint_every=config.checkpoint_every, progress_bar=config.progress_bar,
+        device=str(device),
+    )  # fmt: skip
     state = {"occupancy": occupancy} if occupancy is not None else None
     return Trainer(model, [stage], run_dir, train_config, state=state)
 
@@ -342,7 +352,8 @@ def sds_term(config: VideoReconConfig, width: int, height: int):
 
     if not config.sds_prompt.strip():
         raise UserError("sds_weight > 0 needs sds_prompt: say what the scene shows")
-    prior = DiffusionPrior.from_pretrained(resolve_prior_name(config.sds_prior))
+    device, dtype = resolve(config.device, config.dtype)
+    prior = DiffusionPrior.from_pretrained(resolve_prior_name(config.sds_prior), device=device, dtype=dtype)
     sds = SDSLoss(prior, SDSConfig())
     res = prior.resolution
     conditioning = prior.encode_prompt([config.sds_prompt], [""])
@@ -379,8 +390,9 @@ def evaluate(
     ps, ss = [], []
     for i in index:
         pred = render_scene(model, scene.cameras[i], background=background, **render_options).rgb.clamp(0, 1)
-        ps.append(psnr(pred, scene.images[i][None]))
-        ss.append(float(ssim(pred, scene.images[i][None])))
+        target = scene.images[i][None].to(pred.device)  # a CUDA run renders on the GPU
+        ps.append(psnr(pred, target))
+        ss.append(float(ssim(pred, target)))
     return {"psnr": sum(ps) / len(ps), "ssim": sum(ss) / len(ss), "n_views": len(index)}
 
 
@@ -396,6 +408,7 @@ def evaluation_options(trainer: Trainer, config: VideoReconConfig) -> dict:
 def validate(config: VideoReconConfig) -> None:
     """Raises a UserError for settings a run cannot start with (every field's declaration, then the rest)."""
     check_fields(config)
+    resolve(config.device, config.dtype)  # CUDA asked for where there is none: refused before any folder
     if config.export_formats:  # () exports nothing
         validate_export_options(
             config.export_formats, config.faces, config.texture_size, config.export_image_size,
