@@ -45,7 +45,7 @@ from torch import Tensor
 
 from recon.cameras import Cameras
 from recon.data.hands import HandSequence, hand_params_json, load_hand_sequence
-from recon.errors import CHECKPOINT_EVERY, SEED, STEPS, WEIGHT, UserError, check_fields, checked
+from recon.errors import CHECKPOINT_EVERY, FRACTION, SEED, STEPS, WEIGHT, UserError, check_fields, checked
 from recon.gaussians import GaussianModel
 from recon.metrics import psnr, ssim
 from recon.parametric.hand_gaussians import HandGaussians, HandPoses, ObjectPoses, transform_gaussians
@@ -73,11 +73,13 @@ class BigsConfig:
     """Hand Gaussians per mesh triangle."""
     object_gaussians: int = checked(4000, low=10, high=2_000_000)
     """Object Gaussians at the start (random in a ball between the hands)."""
-    hand_steps: int = checked(300, STEPS)
+    hand_steps: int = checked(300, STEPS, low=0)
     """Steps of the hands stage."""
-    object_steps: int = checked(300, STEPS)
+    appearance_warmup: float = checked(0.0, FRACTION)
+    """Fraction of the hands stage that trains the hand Gaussians only, poses frozen."""
+    object_steps: int = checked(300, STEPS, low=0)
     """Steps of the object stage."""
-    joint_steps: int = checked(150, STEPS)
+    joint_steps: int = checked(150, STEPS, low=0)
     """Steps of the joint refinement."""
     l1_weight: float = checked(1.3, WEIGHT)
     """Masked L1 (BIGS ``l1_w``)."""
@@ -133,6 +135,9 @@ class BigsConfig:
     """tqdm bars."""
     lr_scale: float = checked(1.0, low=1e-6, high=1e6)
     """Multiplies every learning rate."""
+    pose_lr_scale: float = checked(1.0, low=1e-6, high=1e6)
+    """Multiplies the per-frame hand and object pose learning rates (each frame is drawn once every
+    ``len(train frames)`` steps, so its parameters get few updates)."""
     background_random: bool = True
     """A random background colour per step (BIGS); False: white."""
 
@@ -311,11 +316,14 @@ def hand_regularisers(scene: BigsScene, config: BigsConfig) -> list[LossTerm]:
         return out
 
     def smooth(ctx: StepContext) -> Tensor:
+        """Squared second differences over time of the full parameters (initial + offset): per-frame
+        estimator noise is rough, hand motion is smooth."""
         poses: HandPoses = scene.modules["poses"]
         out = 0.0
         for s in SIDES:
-            for name, w in (("pose", 1.0), ("orient", 1.0), ("transl", 100.0)):
-                x = getattr(poses, f"{s}_{name}")
+            params = poses.params(s)
+            for name, w in (("hand_pose", 1.0), ("global_orient", 1.0), ("transl", 1e4)):
+                x = params[name]
                 if x.shape[0] >= 3:
                     out = out + w * (x[2:] - 2 * x[1:-1] + x[:-2]).pow(2).mean()
         return out
@@ -479,9 +487,14 @@ def build_trainer(scene: BigsScene, train_frames: list[int], run_dir: Path) -> T
         return lambda model, batch: scene.render(batch["frame"], subjects, batch["background"])
 
     hand_groups = ["hands", "poses"] + ([] if config.shared_hands else ["hands_left"])
+    warmup = round(config.hand_steps * config.appearance_warmup)
+    hand_losses = photometric_terms(config, SIDES) + hand_regularisers(scene, config)
+    appearance_groups = tuple(g for g in hand_groups if g != "poses")
+    hands_appearance = Stage(  # the poses wait until the hands look like hands
+        "hands_appearance", warmup, sampler, renderer(SIDES), hand_losses, train=appearance_groups
+    )
     hands = Stage(
-        "hands", config.hand_steps, sampler, renderer(SIDES),
-        photometric_terms(config, SIDES) + hand_regularisers(scene, config), train=tuple(hand_groups),
+        "hands", config.hand_steps - warmup, sampler, renderer(SIDES), hand_losses, train=tuple(hand_groups),
     )  # fmt: skip
     object_losses = photometric_terms(config, ("object",))
     if config.sds_weight > 0:
@@ -501,7 +514,7 @@ def build_trainer(scene: BigsScene, train_frames: list[int], run_dir: Path) -> T
         "joint", config.joint_steps, sampler, renderer(("right", "left", "object")),
         joint_losses + align.terms(), train=("poses", "object_poses"),
     )  # fmt: skip
-    stages = [s for s in (hands, obj, joint) if s.steps > 0]
+    stages = [s for s in (hands_appearance, hands, obj, joint) if s.steps > 0]
     train_config = TrainConfig(
         seed=config.seed, checkpoint_every=config.checkpoint_every, progress_bar=config.progress_bar,
         device="cpu" if config.device == "auto" and not torch.cuda.is_available() else config.device,
@@ -512,9 +525,12 @@ def build_trainer(scene: BigsScene, train_frames: list[int], run_dir: Path) -> T
     scene.object_center = scene.object_center.to(trainer.device)
     for key in trainer.learning_rates:
         lr = trainer.learning_rates[key]
-        lr.initial *= config.lr_scale
+        scale = config.lr_scale * (
+            config.pose_lr_scale if key.split(".")[0] in ("poses", "object_poses") else 1.0
+        )
+        lr.initial *= scale
         if lr.final is not None:
-            lr.final *= config.lr_scale
+            lr.final *= scale
     return trainer
 
 
