@@ -1,26 +1,38 @@
-"""Does `sds3d generate` make the prompted object? Shape and color accuracy of exported meshes.
+"""Does `sds3d generate` make the prompted object, facing one way? Judged on a turntable of the GLB.
 
-For each prompt "a <color> <shape>" of the embedded vocabulary, runs the text-to-3D pipeline with
-the chosen prior, then judges the exported ``model.glb`` independently of the pipeline:
+Prompts: ``--n`` objects of the embedded world drawn with a seed, spanning asymmetric kinds (chair,
+snowman, house, rocket, mug, car, duck, bed: 40%), other compound kinds (table, tree, lamp, ...: 30%) and
+patterned objects (30%). Each runs the text-to-3D pipeline (StableDreamer) with the chosen prior; the
+exported ``model.glb`` is ray-cast (trimesh) from an 8-view turntable (elevation 20, distance 3,
+40 degrees), its texture looked up at the hits, and judged independently of the pipeline by
+:mod:`priors.embedded.judge`:
 
-* shape: the mesh is ray-cast (trimesh) from 8 cameras around it; its silhouettes are compared (IoU)
-  with the analytic renders of every primitive from the same cameras; the best match is the
-  predicted shape;
-* color: the mean texture color at the visible ray hits (UV lookup) is compared with the mean color
-  of the prompted shape rendered in each vocabulary color (same shading); the nearest is predicted.
+* shape / colour / pattern: :func:`~priors.embedded.judge.judge_world` per view against renders of every
+  kind from the same cameras, majority over the views (colour: the primary; patterned prompts: both
+  colours, in any order);
+* front (asymmetric prompts): :func:`~priors.embedded.judge.front_votes` per view (the front where it
+  should be, or turned around), :func:`~priors.embedded.judge.janus_verdict` over the turntable:
+  ``front_acc`` is the share whose front faces one way only, ``janus_rate_*`` the share with a front on
+  more than one side. The asymmetric prompts run twice in the same run: with StableDreamer's timestep
+  annealing (its default, ``sds.anneal="linear"``: ``janus_rate_annealed``) and with a fixed range
+  (``sds.anneal="uniform"``: ``janus_rate_fixed``).
 
-Usage: python bench/generate_quality.py [--n 10] [--steps 300] [--prior embedded] [--representation nerf]
-[--out DIR]
-Prints a table, then as its LAST line JSON {"shape_acc", "color_acc", "median_s"}.
+Usage: python bench/generate_quality.py [--n 20] [--steps 300] [--prior embedded] [--seed 0] [--out DIR]
+Prints a table, then as its LAST line JSON {"shape_acc", "color_acc", "pattern_acc", "front_acc",
+"janus_rate_annealed", "janus_rate_fixed", "median_s", ...}.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
+import random
 import statistics
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -28,15 +40,32 @@ import torch
 import trimesh
 
 from recon.cameras import Cameras, orbit_cameras
-from recon.data.procedural import COLORS, SHAPES, caption, render_primitive
-from recon.pipelines import generate
-from recon.pipelines.stabledreamer import StableDreamerConfig
 
-PROMPTS = [
-    ("red", "cube"), ("blue", "sphere"), ("green", "cone"), ("yellow", "torus"), ("purple", "cylinder"),
-    ("orange", "sphere"), ("cyan", "cube"), ("pink", "cone"), ("blue", "torus"), ("red", "cylinder"),
-    ("green", "sphere"), ("yellow", "cube"), ("purple", "cone"), ("orange", "torus"), ("cyan", "cylinder"),
-]  # fmt: skip
+TURNTABLE_VIEWS = 8
+TURNTABLE_ELEVATION = 20.0
+TURNTABLE_SIZE = 48
+
+
+def bench_prompts(n: int, seed: int = 0) -> list:
+    """``n`` objects of the world (seeded): 40% asymmetric kinds, 30% other compound kinds, 30% patterned."""
+    from recon.data.objects import KIND_SPECS, vocabulary
+    from recon.data.procedural import SHAPES
+
+    rng = random.Random(seed)
+    solid = [o for o in vocabulary() if o.pattern == "solid"]
+    asymmetric = [o for o in solid if KIND_SPECS[o.kind].asymmetric]
+    compound = [o for o in solid if o.kind not in SHAPES and not KIND_SPECS[o.kind].asymmetric]
+    patterned = [o for o in vocabulary() if o.pattern != "solid"]
+    n_asym, n_pat = round(0.4 * n), round(0.3 * n)
+    pools = [(asymmetric, n_asym), (compound, n - n_asym - n_pat), (patterned, n_pat)]
+    chosen = []
+    for pool, k in pools:  # spread over kinds: one per kind before any kind repeats
+        by_kind: dict[str, list] = {}
+        for o in rng.sample(pool, len(pool)):
+            by_kind.setdefault(o.kind, []).append(o)
+        kinds = rng.sample(sorted(by_kind), len(by_kind))
+        chosen += [by_kind[kinds[i % len(kinds)]][i // len(kinds)] for i in range(k)]
+    return chosen
 
 
 def camera_rays(cams: Cameras) -> tuple[np.ndarray, np.ndarray]:
@@ -54,74 +83,131 @@ def camera_rays(cams: Cameras) -> tuple[np.ndarray, np.ndarray]:
     return torch.cat(origins).numpy(), torch.cat(dirs).numpy()
 
 
-def judge(glb: Path, color: str, shape: str, size: int = 48) -> dict:
+def turntable_images(glb: Path, cams: Cameras) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(images [V, 3, H, W] on white, masks [V, H, W])``: the GLB's texture colour at the ray hits."""
     mesh = trimesh.load(glb, force="mesh")
-    cams = orbit_cameras(8, elevation_deg=20.0, distance=3.0, fov_deg=40.0, width=size, height=size)
     origins, dirs = camera_rays(cams)
     locations, ray_ids, tri_ids = mesh.ray.intersects_location(origins, dirs, multiple_hits=False)
+    colors = np.ones((len(origins), 3), dtype=np.float32)
+    if len(ray_ids):
+        uv = mesh.visual.uv
+        bary = trimesh.triangles.points_to_barycentric(mesh.triangles[tri_ids], locations)
+        hit_uv = (uv[mesh.faces[tri_ids]] * bary[:, :, None]).sum(1)
+        texture = np.asarray(mesh.visual.material.baseColorTexture.convert("RGB"), dtype=np.float32) / 255.0
+        h, w = texture.shape[:2]
+        px = np.clip((hit_uv[:, 0] * (w - 1)).round().astype(int), 0, w - 1)
+        py = np.clip(((1 - hit_uv[:, 1]) * (h - 1)).round().astype(int), 0, h - 1)
+        colors[ray_ids] = texture[py, px]
     hit = np.zeros(len(origins), dtype=bool)
     hit[ray_ids] = True
-    mask = torch.from_numpy(hit.reshape(len(cams), size, size))
-    ious = {}
-    for s in SHAPES:
-        _, alpha, _ = render_primitive(s, "red", cams)
-        ref = alpha[..., 0] > 0.5
-        ious[s] = float((mask & ref).sum() / (mask | ref).sum().clamp_min(1))
-    # texture color at the hits
-    uv = mesh.visual.uv
-    bary = trimesh.triangles.points_to_barycentric(mesh.triangles[tri_ids], locations)
-    hit_uv = (uv[mesh.faces[tri_ids]] * bary[:, :, None]).sum(1)
-    image = np.asarray(mesh.visual.material.baseColorTexture.convert("RGB"), dtype=np.float32) / 255.0
-    h, w = image.shape[:2]
-    px = np.clip((hit_uv[:, 0] * (w - 1)).round().astype(int), 0, w - 1)
-    py = np.clip(((1 - hit_uv[:, 1]) * (h - 1)).round().astype(int), 0, h - 1)
-    mean_color = image[py, px].mean(0) if len(px) else np.ones(3)
-    dists = {}
-    for name in COLORS:
-        rgb, alpha, _ = render_primitive(shape, name, cams)
-        fg = alpha[..., 0] > 0.5
-        dists[name] = float(np.linalg.norm(rgb[fg].mean(0).numpy() - mean_color))
-    return {
-        "pred_shape": max(ious, key=ious.get),
-        "iou": ious[shape],
-        "pred_color": min(dists, key=dists.get),
-        "mean_color": [round(float(c), 3) for c in mean_color],
+    v, size = len(cams), cams.height
+    images = torch.from_numpy(colors.reshape(v, size, size, 3)).permute(0, 3, 1, 2).contiguous()
+    return images, torch.from_numpy(hit.reshape(v, size, size))
+
+
+def judge_object(images: torch.Tensor, masks: torch.Tensor, obj, cams: Cameras, references) -> dict:
+    """Kind, colour, pattern (majority over the turntable) and, for asymmetric kinds, the front verdict."""
+    from priors.embedded.judge import SECONDARY_NAMES, front_votes, janus_verdict, judge_world
+    from recon.data.objects import KIND_SPECS, KINDS, PATTERNS
+
+    verdict = judge_world(images, references, masks)
+    kind = Counter(KINDS[int(k)] for k in verdict.kind).most_common(1)[0][0]
+    colors = Counter(
+        frozenset([SECONDARY_NAMES[int(c)]] + ([SECONDARY_NAMES[int(s)]] if int(s) >= 0 else []))
+        for c, s in zip(verdict.color, verdict.secondary)
+    )
+    primaries = Counter(SECONDARY_NAMES[int(c)] for c in verdict.color)
+    pattern = Counter(PATTERNS[int(p)] for p in verdict.pattern).most_common(1)[0][0]
+    if obj.pattern == "solid":
+        color_ok = primaries.most_common(1)[0][0] == obj.color
+    else:
+        color_ok = colors.most_common(1)[0][0] == frozenset((obj.color, obj.secondary))
+    out = {
+        "pred_kind": kind,
+        "iou": round(float(verdict.iou.mean()), 3),
+        "pred_color": primaries.most_common(1)[0][0],
+        "color_ok": color_ok,
+        "pred_pattern": pattern,
     }
+    if KIND_SPECS[obj.kind].asymmetric:
+        # The texture bakes the world-fixed light the exemplars were lit by: shaded hypotheses.
+        votes = front_votes(images, obj, cams)
+        out["front_votes"] = votes.tolist()
+        out["front"] = janus_verdict(votes)
+    return out
+
+
+def run_prompt(obj, args, out: Path, anneal: bool = True) -> tuple[dict, float]:
+    """Generates one object with StableDreamer and judges its GLB."""
+    from priors.embedded.judge import kind_references
+    from recon.data.objects import caption
+    from recon.pipelines import generate
+    from recon.pipelines.stabledreamer import StableDreamerConfig
+
+    prompt = caption(obj)
+    config = StableDreamerConfig(
+        prompt=prompt, prior=args.prior, steps=args.steps, seed=args.seed, progress_bar=False
+    )
+    if not anneal:
+        config = dataclasses.replace(config, sds=dataclasses.replace(config.sds, anneal="uniform"))
+    started = time.perf_counter()
+    run_dir = generate(config, out_root=out / ("annealed" if anneal else "fixed"))
+    seconds = time.perf_counter() - started
+    cams = orbit_cameras(
+        TURNTABLE_VIEWS, TURNTABLE_ELEVATION, 3.0, 40.0, width=TURNTABLE_SIZE, height=TURNTABLE_SIZE
+    )
+    images, masks = turntable_images(run_dir / "export" / "model.glb", cams)
+    references = kind_references(
+        None,
+        elevations_deg=(TURNTABLE_ELEVATION,),
+        azimuths_deg=tuple(float(a) for a in cams.azimuth_deg.tolist()),
+        resolution=TURNTABLE_SIZE,
+    )
+    return judge_object(images, masks, obj, cams, references), seconds
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=10, help=f"number of prompts (max {len(PROMPTS)})")
+    parser.add_argument("--n", type=int, default=20, help="number of prompts")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--prior", default="embedded")
-    parser.add_argument("--representation", choices=["gaussians", "nerf"], default="gaussians")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the prompt choice and of the runs")
     parser.add_argument("--out", type=Path, default=None, help="keep the runs here (default: a temp dir)")
     args = parser.parse_args()
+    os.environ.setdefault("TQDM_DISABLE", "1")  # the export's bars would break the table
+    from recon.data.objects import KIND_SPECS, caption
+
     out = args.out or Path(tempfile.mkdtemp(prefix="sds3d-quality-"))
     rows = []
-    print(f"{'prompt':<22}{'shape':>10}{'iou':>7}{'color':>9}{'seconds':>9}")
-    for color, shape in PROMPTS[: args.n]:
-        prompt = caption(shape, color)
-        config = StableDreamerConfig(
-            prompt=prompt,
-            prior=args.prior,
-            steps=args.steps,
-            representation=args.representation,
-            progress_bar=False,
-        )
-        started = time.perf_counter()
-        run_dir = generate(config, out_root=out)
-        seconds = time.perf_counter() - started
-        verdict = judge(run_dir / "export" / "model.glb", color, shape)
-        rows.append({"prompt": prompt, "shape": shape, "color": color, "seconds": seconds, **verdict})
+    print(f"{'prompt':<40}{'kind':>10}{'iou':>6}{'colour':>8}{'pattern':>10}{'front':>11}{'seconds':>9}")
+    for obj in bench_prompts(args.n, args.seed):
+        verdict, seconds = run_prompt(obj, args, out)
+        row = {"prompt": caption(obj), "object": obj, "seconds": seconds, **verdict}
+        if KIND_SPECS[obj.kind].asymmetric:
+            fixed, _ = run_prompt(obj, args, out, anneal=False)
+            row["front_fixed"] = fixed["front"]
+        rows.append(row)
         print(
-            f"{prompt:<22}{verdict['pred_shape']:>10}{verdict['iou']:>7.2f}{verdict['pred_color']:>9}{seconds:>9.1f}"
+            f"{row['prompt']:<40}{verdict['pred_kind']:>10}{verdict['iou']:>6.2f}{verdict['pred_color']:>8}"
+            f"{verdict['pred_pattern']:>10}{verdict.get('front', '-'):>11}{seconds:>9.1f}"
         )
+    asym = [r for r in rows if "front" in r]
+
+    def share(values: list[bool]) -> float | None:
+        return round(sum(values) / len(values), 3) if values else None
+
     result = {
-        "shape_acc": round(sum(r["pred_shape"] == r["shape"] for r in rows) / len(rows), 3),
-        "color_acc": round(sum(r["pred_color"] == r["color"] for r in rows) / len(rows), 3),
+        "shape_acc": share([r["pred_kind"] == r["object"].kind for r in rows]),
+        "color_acc": share([r["color_ok"] for r in rows]),
+        "pattern_acc": share([r["pred_pattern"] == r["object"].pattern for r in rows]),
+        "front_acc": share([r["front"] == "one-way" for r in asym]),
+        "janus_rate_annealed": share([r["front"] == "janus" for r in asym]),
+        "janus_rate_fixed": share([r["front_fixed"] == "janus" for r in asym]),
         "median_s": round(statistics.median(r["seconds"] for r in rows), 1),
-        "representation": args.representation,
+        "prompts": len(rows),
+        "asymmetric": len(asym),
+        "prior": args.prior,
+        "steps": args.steps,
     }
     print(f"runs kept in {out}")
     print(json.dumps(result))
