@@ -30,6 +30,7 @@ from app.commands.generate import GenerateCommand
 from app.commands.hands import HandsCommand
 from app.commands.prior import PriorCommand
 from app.commands.reconstruct import ReconstructCommand
+from app.commands.scene import SceneCommand
 from app.presets import preset_default
 from recon.errors import UserError, check_fields, check_out_root
 
@@ -41,6 +42,7 @@ Commands = Union[  # noqa: UP007 - tyro reads the Union
     Annotated[BatchCommand, tyro.conf.subcommand("batch")],
     Annotated[AppCommand, tyro.conf.subcommand("app")],
     Annotated[HandsCommand, tyro.conf.subcommand("hands")],
+    Annotated[SceneCommand, tyro.conf.subcommand("scene")],
 ]
 
 
