@@ -16,7 +16,7 @@ from recon.errors import HOLDOUT_EVERY, IMAGE_SIDE, KEYFRAMES, SEED, STEPS, chec
 class ReconstructCommand(PresetCommand):
     """Reconstruct a scene from a video or posed images (3D Gaussians, held-out metrics, GLB/OBJ/splats)."""
 
-    PRESET_PIPELINES: ClassVar[tuple[str, ...]] = ("video_recon",)
+    PRESET_PIPELINES: ClassVar[tuple[str, ...]] = ("video_recon", "dprecon")
     PRESET_FIELDS: ClassVar[dict[str, str]] = {
         "max_frames": "scene.keyframes.max_keyframes",
         "steps": "steps",
@@ -31,13 +31,18 @@ class ReconstructCommand(PresetCommand):
     )
     """A video (mp4, mov, ...), an image folder, a transforms.json or a COLMAP folder (sparse/0 + images)."""
     config: Path | None = None
-    """A preset: a YAML file or the name of one in configs/ (video-recon); the flags you give override it."""
+    """A preset: a YAML file or the name of one in configs/ (video-recon, dprecon); the flags you give
+    override it."""
+    pipeline: Literal["video_recon", "dprecon"] = "video_recon"
+    """The method: video_recon (a video or posed images -> 3D Gaussians or a NeRF) or dprecon (a scene
+    folder with instance masks and prompts -> one textured mesh per object; `sds3d scene synth` makes one)."""
     out: Path = checked(Path("outputs"), path="out_folder")
     """Root of the output tree (the run goes to OUT/video_recon/<name>-<time>)."""
     max_frames: int = checked(60, KEYFRAMES)
     """Keyframes taken from a video at most."""
-    steps: int = checked(1500, STEPS)
-    """Optimization steps."""
+    steps: int | None = checked(None, STEPS)
+    """Optimization steps (default: the pipeline's; video_recon 1500, dprecon 1000 + 300 over its two
+    stages)."""
     resolution: int = checked(0, IMAGE_SIDE)
     """Longer image side used for fitting, in pixels (0: the input's)."""
     seed: int = checked(0, SEED)
@@ -49,6 +54,12 @@ class ReconstructCommand(PresetCommand):
     no_export: bool = False
     """Skip the mesh / splat export."""
 
+    @classmethod
+    def preset_fields(cls, pipeline: str | None = None) -> dict[str, str]:
+        from app.commands.scene import DPRECON_FIELDS
+
+        return DPRECON_FIELDS if pipeline == "dprecon" else cls.PRESET_FIELDS
+
     def video_config(self):
         from recon.pipelines.video_recon import VideoReconConfig
 
@@ -57,6 +68,10 @@ class ReconstructCommand(PresetCommand):
     def run(self) -> int:
         import logging
 
+        if self.pipeline == "dprecon":
+            from app.commands.scene import run_dprecon
+
+            return run_dprecon(self)
         from recon.pipelines.video_recon import reconstruct
 
         logging.basicConfig(level=logging.INFO, format="%(message)s")
