@@ -21,14 +21,14 @@ class GenerateCommand(PresetCommand):
         name: name
         for name in (
             "prompt", "representation", "prior", "color_prior", "allow_download", "steps", "seed",
-            "checkpoint_every",
+            "checkpoint_every", "device", "dtype",
         )
     }  # fmt: skip
     IMAGE_FIELDS: ClassVar[dict[str, str]] = {
         name: name
         for name in (
             "prompt", "image", "mask", "prior", "view_prior", "texture_guidance", "allow_download", "steps",
-            "seed", "checkpoint_every",
+            "seed", "checkpoint_every", "device", "dtype",
         )
     }  # fmt: skip
     """The flags of ``--pipeline dreamcraft3d`` (image to 3D)."""
@@ -67,6 +67,10 @@ class GenerateCommand(PresetCommand):
     """Random seed."""
     checkpoint_every: int = checked(100, CHECKPOINT_EVERY)
     """Steps between checkpoints (a killed run loses at most this many)."""
+    device: str = checked("auto", nonempty=True, fix="use auto, cpu, cuda or cuda:N")
+    """Where the run computes: auto (CUDA when torch sees a GPU, else the CPU), cpu, cuda or cuda:N."""
+    dtype: str = checked("auto", nonempty=True, fix="use auto, float32, float16 or bfloat16")
+    """Weights dtype of the priors: auto (float16 on CUDA, float32 on the CPU), float32, float16, bfloat16."""
     out: Path = checked(Path("outputs"), path="out_folder")
     """Root of the output tree."""
     resume: Path | None = checked(None, path="folder", fix="pass the run folder `sds3d generate` printed")

@@ -163,7 +163,7 @@ def save_turntable(model, path: Path, n: int = 8, size: int = 128) -> Path:
             model, orbit_cameras(n, elevation_deg=20.0, distance=3.0, width=size, height=size)
         ).rgb
     strip = (
-        (rgb.clamp(0, 1).permute(1, 0, 2, 3).reshape(size, n * size, 3).numpy() * 255)
+        (rgb.clamp(0, 1).cpu().permute(1, 0, 2, 3).reshape(size, n * size, 3).numpy() * 255)
         .round()
         .astype(np.uint8)
     )

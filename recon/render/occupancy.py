@@ -37,9 +37,10 @@ class OccupancyGrid(nn.Module):
         super().__init__()
         self.resolution = int(resolution)
         R = self.resolution
-        self.register_buffer("aabb", torch.as_tensor(aabb, dtype=torch.float32).reshape(6).clone())
-        self.register_buffer("occs", torch.zeros(R**3))
-        self.register_buffer("binary", torch.ones(R, R, R, dtype=torch.bool))  # [x, y, z]
+        aabb = torch.as_tensor(aabb, dtype=torch.float32)
+        self.register_buffer("aabb", aabb.reshape(6).clone())
+        self.register_buffer("occs", torch.zeros(R**3, device=aabb.device))  # on the box's device
+        self.register_buffer("binary", torch.ones(R, R, R, dtype=torch.bool, device=aabb.device))  # [x, y, z]
         self._nerfacc: dict[str, Any] = {}
 
     @property

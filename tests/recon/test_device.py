@@ -206,21 +206,6 @@ def _one_line_exit_2(argv: list[str], out: Path, capsys) -> str:
     return err.strip()
 
 
-def _has_flag(command: type, name: str) -> bool:
-    return any(f.name == name for f in dataclasses.fields(command))
-
-
-def _generate_command() -> type:
-    from app.commands.generate import GenerateCommand
-
-    return GenerateCommand
-
-
-@pytest.mark.skipif(
-    not _has_flag(_generate_command(), "device"),
-    reason="sds3d generate has no --device flag yet: GenerateCommand (app/commands/generate.py) needs a "
-    "`device` field mapped to the config's `device` in PRESET_FIELDS and IMAGE_FIELDS",
-)
 def test_generate_with_device_cuda_without_cuda_exits_2_with_one_line(tmp_path, capsys, no_cuda):
     err = _one_line_exit_2(["generate", "a red cube", "--device", "cuda"], tmp_path / "out", capsys)
     assert err == f"sds3d: error: {NO_CUDA}"
