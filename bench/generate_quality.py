@@ -24,10 +24,13 @@ Prints a table, then as its LAST line JSON {"shape_acc", "color_acc", "pattern_a
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("TQDM_DISABLE", "1")  # before tqdm is imported: the export's bars break the table
+
 import argparse
 import dataclasses
 import json
-import os
 import random
 import statistics
 import tempfile
@@ -174,7 +177,6 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the prompt choice and of the runs")
     parser.add_argument("--out", type=Path, default=None, help="keep the runs here (default: a temp dir)")
     args = parser.parse_args()
-    os.environ.setdefault("TQDM_DISABLE", "1")  # the export's bars would break the table
     from recon.data.objects import KIND_SPECS, caption
 
     out = args.out or Path(tempfile.mkdtemp(prefix="sds3d-quality-"))
