@@ -75,7 +75,7 @@ class BigsConfig:
     """Object Gaussians at the start (random in a ball between the hands)."""
     hand_steps: int = checked(300, STEPS, low=0)
     """Steps of the hands stage."""
-    appearance_warmup: float = checked(0.0, FRACTION)
+    appearance_warmup: float = checked(0.3, FRACTION)
     """Fraction of the hands stage that trains the hand Gaussians only, poses frozen."""
     object_steps: int = checked(300, STEPS, low=0)
     """Steps of the object stage."""

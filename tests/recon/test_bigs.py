@@ -43,7 +43,7 @@ def test_bigs_runs_and_writes_its_results(sequence, tmp_path):
     run = reconstruct_hands(sequence, tiny(), out_root=tmp_path)
     metrics = json.loads((run / "metrics.json").read_text())
     stages = metrics["stages"]
-    assert list(stages) == ["hands", "object", "joint"]
+    assert list(stages) == ["hands_appearance", "hands", "object", "joint"]
     assert metrics["test"]["n_frames"] == 1 and metrics["test"]["psnr"] > 10
     assert 0 < metrics["mpjpe_init_mm"] < 60 and 0 < metrics["mpjpe_mm"] < 60
     params, flat = read_hand_params(run / "export" / "hands.json", 6)
@@ -74,7 +74,7 @@ def test_hands_stage_lowers_the_photometric_loss(sequence):
     before = l1_over_frames()
     with tempfile.TemporaryDirectory() as run:
         trainer = build_trainer(scene, train, Path(run))
-        trainer.stages = trainer.stages[:1]
+        trainer.stages = trainer.stages[:2]  # appearance warm-up, then hands + poses
         trainer.fit()
     assert l1_over_frames() < 0.8 * before
 
