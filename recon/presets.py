@@ -28,6 +28,8 @@ PRESET_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 def config_classes() -> dict[str, type]:
     """The typed config of each pipeline, by the name presets and run folders use."""
+    from recon.pipelines.bigs import BigsConfig
+    from recon.pipelines.dprecon import DPReconConfig
     from recon.pipelines.dreamcraft3d import DreamCraft3DConfig
     from recon.pipelines.stabledreamer import StableDreamerConfig
     from recon.pipelines.video_recon import VideoReconConfig
@@ -36,6 +38,8 @@ def config_classes() -> dict[str, type]:
         "stabledreamer": StableDreamerConfig,
         "dreamcraft3d": DreamCraft3DConfig,
         "video_recon": VideoReconConfig,
+        "dprecon": DPReconConfig,
+        "bigs": BigsConfig,
     }
 
 

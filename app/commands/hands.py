@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 import tyro
 
+from app.presets import PresetCommand
 from recon.errors import SEED, checked
 
 
@@ -52,12 +53,14 @@ class HandsSynth:
 
 
 @dataclass
-class HandsFit:
+class HandsFit(PresetCommand):
     """Reconstruct both hands, the object and their per-frame poses from a sequence folder (BIGS)."""
+
+    PRESET_PIPELINES: ClassVar[tuple[str, ...]] = ("bigs",)
 
     input: Annotated[Path, tyro.conf.Positional] = checked(path="folder", fix="pass a hands sequence folder")
     """A sequence folder (frames/ or a video, masks/, cameras.json, hands.json; see the README)."""
-    preset: str = ""
+    config: Path | None = None
     """A preset: the name of one in configs/ (bigs, bigs-gpu) or a YAML file; the flags override it."""
     out: Path = checked(Path("outputs"), path="out_folder")
     """Root of the output tree (the run goes to OUT/bigs/<name>-<time>)."""
@@ -83,7 +86,7 @@ class HandsFit:
         from recon.pipelines.bigs import BigsConfig, reconstruct_hands
 
         logging.basicConfig(level=logging.INFO, format="%(message)s")
-        config = load_bigs_preset(Path(self.preset)) if self.preset else BigsConfig()
+        config = self.pipeline_config(BigsConfig())
         changes: dict = {"hand_model": self.hand_model, "seed": self.seed}
         if self.mano_dir:
             changes["mano_dir"] = self.mano_dir
@@ -102,27 +105,6 @@ class HandsFit:
         return 0
 
 
-def load_bigs_preset(path: Path):
-    """A BigsConfig from a preset YAML (``configs/<name>.yaml`` for a bare name)."""
-    import yaml
-
-    from recon.errors import UserError
-    from recon.pipelines.bigs import BigsConfig
-    from recon.runs import config_from_dict
-
-    if not path.suffix:
-        path = Path(__file__).resolve().parents[2] / "configs" / f"{path}.yaml"
-    if not path.is_file():
-        raise UserError(f"--preset {path}: no such preset; use bigs, bigs-gpu or a YAML file")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise UserError(f"--preset {path} is not valid YAML ({err})") from err
-    if isinstance(data, dict) and "pipeline" in data:
-        data = data.get("config", {})
-    return config_from_dict(BigsConfig, data)
-
-
 @dataclass
 class HandsCommand:
     """Two hands and an object from one video: make a procedural sequence, or fit one (BIGS)."""
@@ -131,6 +113,13 @@ class HandsCommand:
         Annotated[HandsSynth, tyro.conf.subcommand("synth", prefix_name=False)]
         | Annotated[HandsFit, tyro.conf.subcommand("fit", prefix_name=False)]
     ]
+
+    def check_argv(self, argv: list[str]) -> None:
+        """``--config`` is read (and refused if bad) before the command starts, as generate's is."""
+        if isinstance(self.action, HandsFit) and self.action.config is not None:
+            from recon.presets import load_preset
+
+            load_preset(self.action.config, HandsFit.PRESET_PIPELINES)
 
     def run(self) -> int:
         return self.action.run()

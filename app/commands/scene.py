@@ -4,28 +4,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 import tyro
 
-from recon.errors import SEED, UserError, checked
+from recon.errors import SEED, UserError, check_out_root, checked
 
 DPRECON_FIELDS: dict[str, str] = {"steps": "steps", "seed": "seed", "resolution": "resolution"}
 """The ``sds3d reconstruct --pipeline dprecon`` flags that set ``DPReconConfig`` (flag -> setting)."""
 
 
 @dataclass
-class SceneCommand:
-    """Write a procedural scene for the scene pipelines (``synth``): a room with objects of the embedded
-    world, its posed views, instance masks, depth, normals and prompts (sds3d's scene layout), held-out
-    views in eval/ and ground-truth meshes in gt/."""
+class SceneSynth:
+    """Write a procedural room with objects of the embedded world: posed views, instance masks, depth,
+    normals and prompts (sds3d's scene layout), held-out views in eval/ and ground-truth meshes in gt/."""
 
-    action: Annotated[Literal["synth"], tyro.conf.Positional]
-    """What to do: synth (write a procedural scene)."""
-    out: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="OUT_DIR")] = checked(
-        path="out_folder", fix="pass a new (or empty) folder for the scene"
-    )
-    """The scene folder to write (new or empty)."""
+    out: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="OUT_DIR")]
+    """The scene folder to write (new or empty). A string, checked when the command starts
+    (:func:`recon.errors.check_out_root`): the CLI matrix has no valid value for a required output folder."""
     objects: int = checked(4, low=3, high=6)
     """Objects in the room (3-6)."""
     views: int = checked(10, low=3, high=500)
@@ -42,6 +38,7 @@ class SceneCommand:
     def run(self) -> int:
         from recon.data.scene_synth import SceneSynthConfig, load_ground_truth, synth_scene
 
+        check_out_root(self.out, "OUT_DIR")
         config = SceneSynthConfig(
             num_objects=self.objects, num_views=self.views, eval_views=self.eval_views, seed=self.seed,
             width=self.width, height=self.height,
@@ -53,6 +50,45 @@ class SceneCommand:
             print(f"  {iid}: {obj['caption']}")
         print(f"reconstruct it: sds3d reconstruct {folder} --pipeline dprecon")
         return 0
+
+
+@dataclass
+class SceneInfo:
+    """Read a scene folder (sds3d's layout or DP-Recon's) and say what it holds, or what is wrong with it."""
+
+    scene: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="SCENE_DIR")] = checked(
+        path="folder", fix="pass a scene folder (transforms.json or cameras.npz)"
+    )
+    """The scene folder."""
+
+    def run(self) -> int:
+        from recon.data.scene import load_instance_scene, scene_layout
+
+        layout = scene_layout(self.scene)
+        scene = load_instance_scene(self.scene)
+        h, w = scene.images.shape[1:3]
+        cues = [name for name, x in (("depth", scene.depths), ("normals", scene.normals)) if x is not None]
+        cues_text = ", ".join(cues) or "none"
+        print(f"scene {self.scene}: {layout} layout, {len(scene)} views of {w}x{h}, cues: {cues_text}")
+        for iid in scene.instance_ids:
+            seen = int(((scene.masks == iid).flatten(1).sum(-1) > 0).sum())
+            pixels = int((scene.masks == iid).sum())
+            prompt = scene.prompts.get(iid, "(no prompt: no SDS on it)")
+            print(f"  {iid}: {prompt} - {pixels} mask pixels in {seen} of {len(scene)} views")
+        return 0
+
+
+@dataclass
+class SceneCommand:
+    """Make or check scene folders for the scene pipelines (DP-Recon)."""
+
+    action: tyro.conf.OmitSubcommandPrefixes[
+        Annotated[SceneSynth, tyro.conf.subcommand("synth", prefix_name=False)]
+        | Annotated[SceneInfo, tyro.conf.subcommand("info", prefix_name=False)]
+    ]
+
+    def run(self) -> int:
+        return self.action.run()
 
 
 def run_dprecon(command) -> int:

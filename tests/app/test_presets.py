@@ -10,6 +10,8 @@ import yaml
 
 from app.cli import main
 from recon.pipelines import generate
+from recon.pipelines.bigs import BigsConfig
+from recon.pipelines.dprecon import DPReconConfig
 from recon.pipelines.dreamcraft3d import DreamCraft3DConfig
 from recon.pipelines.stabledreamer import StableDreamerConfig
 from recon.pipelines.video_recon import VideoReconConfig, reconstruct
@@ -20,15 +22,22 @@ EMBEDDED = ("embedded", "embedded-exemplar", "embedded-unet", "embedded-unet-lat
 
 
 def test_the_product_presets_exist_and_load():
-    assert {"stabledreamer", "stabledreamer-nerf", "stabledreamer-if-sd", "video-recon"} <= set(
-        list_presets()
-    )
+    assert {
+        "stabledreamer",
+        "stabledreamer-nerf",
+        "stabledreamer-if-sd",
+        "video-recon",
+        "dprecon",
+        "bigs",
+    } <= set(list_presets())
     for name in list_presets():
         pipeline, config = load_preset(name)
         expected = {
             "stabledreamer": StableDreamerConfig,
             "dreamcraft3d": DreamCraft3DConfig,
             "video_recon": VideoReconConfig,
+            "dprecon": DPReconConfig,
+            "bigs": BigsConfig,
         }[pipeline]
         assert isinstance(config, expected), name
     _, nerf = load_preset("stabledreamer-nerf")
@@ -40,6 +49,8 @@ def test_the_product_presets_exist_and_load():
 def _cpu_capable(config) -> bool:
     priors = [getattr(config, "prior", "embedded"), getattr(config, "color_prior", "same")]
     priors.append(getattr(config, "view_prior", "none"))
+    if getattr(config, "sds_weight", 0.0) > 0:  # BIGS: the object's SDS prior
+        priors.append(config.sds_prior)
     return all(p in EMBEDDED for p in priors)
 
 
@@ -55,6 +66,21 @@ def posed_scene(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("posed") / "transforms.json"
     write_transforms(path, SceneData(rgb, cams, [f"frame_{i:03d}.png" for i in range(12)]))
     return path
+
+
+@pytest.fixture(scope="module")
+def room(tmp_path_factory) -> Path:
+    from recon.data.scene_synth import SceneSynthConfig, synth_scene
+
+    config = SceneSynthConfig(num_objects=3, num_views=4, eval_views=1, seed=5, width=32, height=24)
+    return synth_scene(tmp_path_factory.mktemp("room") / "room", config)
+
+
+@pytest.fixture(scope="module")
+def hands_sequence(tmp_path_factory) -> Path:
+    from recon.data.hands_synth import HandsSynthConfig, write_synth_sequence
+
+    return write_synth_sequence(tmp_path_factory.mktemp("hands") / "seq", HandsSynthConfig(frames=4, size=32))
 
 
 def _reference_picture(path: Path) -> Path:
@@ -75,16 +101,32 @@ def _reference_picture(path: Path) -> Path:
 
 
 @pytest.mark.parametrize("name", list_presets())
-def test_every_cpu_capable_preset_runs_two_steps(name, tmp_path, posed_scene):
+def test_every_cpu_capable_preset_runs_two_steps(name, tmp_path, posed_scene, room, hands_sequence):
     pipeline, config = load_preset(name)
     if not _cpu_capable(config):
-        others = [
-            getattr(config, k) for k in ("color_prior", "view_prior", "texture_prior") if hasattr(config, k)
-        ]
-        pytest.skip(
-            f"{name} needs real checkpoints on a GPU ({', '.join([config.prior, *others])}); loaded only"
-        )
-    config.steps, config.progress_bar = 2, False
+        keys = ("prior", "color_prior", "view_prior", "texture_prior", "sds_prior")
+        priors = [getattr(config, k) for k in keys if hasattr(config, k)]
+        pytest.skip(f"{name} needs real checkpoints on a GPU ({', '.join(priors)}); loaded only")
+    config.progress_bar = False
+    if pipeline == "bigs":  # three stages: a step in each of the first two, one joint step
+        from recon.pipelines.bigs import reconstruct_hands
+
+        config.hand_steps, config.object_steps, config.joint_steps = 1, 1, 1
+        config.object_gaussians, config.export_mesh, config.video = 100, False, False
+        run_dir = reconstruct_hands(hands_sequence, config, tmp_path, export_results=False)
+        saved_pipeline, _ = load_config(run_dir)
+        history = yaml.safe_load((run_dir / "metrics.json").read_text())["stages"]
+        assert saved_pipeline == "bigs" and sum(stage["steps"] for stage in history.values()) == 3
+        return
+    config.steps = 2
+    if pipeline == "dprecon":
+        from recon.pipelines.dprecon import reconstruct as reconstruct_scene
+
+        config.visibility_steps, config.mesh_resolution = 2, 16
+        run_dir = reconstruct_scene(room, config, tmp_path, export_result=False)
+        saved_pipeline, saved = load_config(run_dir)
+        assert saved_pipeline == "dprecon" and saved["steps"] == 2
+        return
     if pipeline == "video_recon":
         run_dir = reconstruct(posed_scene, config, tmp_path, export=False)
     elif pipeline == "dreamcraft3d":  # four stages: at least one step each (2 for the coarse one)

@@ -54,7 +54,7 @@ def test_bigs_runs_and_writes_its_results(sequence, tmp_path):
 
 
 def test_hands_stage_lowers_the_photometric_loss(sequence):
-    scene, train, _ = build_scene(sequence, tiny())
+    scene, train, _ = build_scene(sequence, tiny(hand_steps=40))
     terms = {t.name: t for t in photometric_terms(scene.config, ("right", "left"))}
 
     def l1_over_frames() -> float:
