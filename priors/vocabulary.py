@@ -22,10 +22,13 @@ caption of that world (``"a red chair"``, ``"a blue and white striped sphere"``)
    * nothing known near enough (``"a cat"``, ``"a red kitten"``);
    * ambiguous: no object named (``"a thing"``, ``"an object"``, ``"something red"``, ``"red"``), or
      several (``"a red cube and a blue sphere"``); nothing is guessed;
-   * **a kind without a colour** (``"a chair"``) is refused with the list of colours rather than given
-     the kind's default colour: a silent colour choice would hide what the prior will draw;
    * a colour outside the palette (``"a brown chair"``), white or black as the only colour, two colours
-     without a pattern, a pattern with one colour or on a kind that takes none.
+     without a pattern, a pattern on a kind that takes none.
+
+4. **Defaults, said out loud.** A kind without a colour (``"a chair"``) gets the kind's
+   :data:`DEFAULT_COLORS` entry (``"a red chair"``), a pattern with one colour gets white as its second
+   (``"a striped blue ball"`` -> ``"a blue and white striped sphere"``); :attr:`PromptMatch.defaults`
+   names what was filled in and a warning is logged, so the choice is never silent.
 
 The caption grammar is :mod:`recon.data.objects`' (a primary colour from the 8 hues; patterned objects
 name a second colour, which may also be white or black, then the pattern).
@@ -55,6 +58,7 @@ log = logging.getLogger("sds3d.priors.vocabulary")
 
 __all__ = [
     "COLOR_SYNONYMS",
+    "DEFAULT_COLORS",
     "KIND_SYNONYMS",
     "MATCH_THRESHOLD",
     "PATTERN_SYNONYMS",
@@ -65,6 +69,18 @@ __all__ = [
     "vocabulary_help",
     "vocabulary_summary",
 ]
+
+DEFAULT_COLORS: dict[str, str] = {
+    "sphere": "red", "cube": "red", "cone": "orange", "cylinder": "blue", "torus": "pink",
+    "chair": "red", "table": "orange", "snowman": "red", "mushroom": "red", "house": "yellow",
+    "tree": "green", "rocket": "red", "lamp": "yellow", "mug": "blue", "dumbbell": "blue",
+    "lollipop": "pink", "car": "red", "duck": "yellow", "hamburger": "orange", "bed": "blue",
+}  # fmt: skip
+"""The colour a kind gets when the prompt names none (the colour of its primary parts: the chair's seat
+and backrest, the tree's foliage, the snowman's scarf and hat...)."""
+
+DEFAULT_SECONDARY = "white"
+"""The second colour of a pattern whose prompt names one colour."""
 
 MATCH_THRESHOLD = 0.76
 """Lowest MiniLM cosine between a prompt with unknown words and the caption it is mapped to. Measured
@@ -160,6 +176,8 @@ class PromptMatch:
     """The object the caption describes."""
     similarity: float | None = None
     """MiniLM cosine when the sentence encoder chose the kind; ``None`` when the rules did."""
+    defaults: tuple[str, ...] = ()
+    """What the prompt did not say and was filled in (``"colour red (the chair's default)"``)."""
 
     @property
     def prompt(self) -> str:
@@ -171,11 +189,11 @@ def match_prompt(text: str, threshold: float = MATCH_THRESHOLD) -> str:
     """The canonical world caption of a prompt, without its view suffix (``"a big red ball"`` ->
     ``"a red sphere"``).
 
-    A prompt that names a kind but no colour (``"a chair"``) is refused, listing the colours: the kind's
-    default colour is not picked for the user. See :func:`parse_prompt`.
+    A prompt that names a kind but no colour (``"a chair"``) gets the kind's default colour
+    (:data:`DEFAULT_COLORS`, logged). See :func:`parse_prompt`.
 
     Raises:
-        UserError: for a prompt outside the vocabulary, an ambiguous one, or one without a colour.
+        UserError: for a prompt outside the vocabulary or an ambiguous one.
     """
     return parse_prompt(text, threshold).caption
 
@@ -252,8 +270,13 @@ def parse_prompt(text: str, threshold: float = MATCH_THRESHOLD) -> PromptMatch:
                 f"similarity {similarity:.2f} < {threshold})",
                 unknown=True,
             )
-    obj = _build_object(text, kinds[0], colors, patterns[0] if patterns else None)
-    match = PromptMatch(caption(obj), view, obj, similarity)
+    obj, defaults = _build_object(text, kinds[0], colors, patterns[0] if patterns else None)
+    match = PromptMatch(caption(obj), view, obj, similarity, defaults)
+    if defaults:
+        log.warning(
+            "%r names no %s: drawing %r (%s); name the colours to choose them",
+            text, "colour" if not colors else "second colour", match.caption, ", ".join(defaults),
+        )  # fmt: skip
     if similarity is not None:
         log.info("prompt %r understood as %r (MiniLM cosine %.2f)", text, match.caption, similarity)
     return match
@@ -305,14 +328,14 @@ def _parse_words(body: str) -> _Words:
     return out
 
 
-def _build_object(text: str, kind: str, colors: list[str], pattern: str | None) -> ProceduralObject:
+def _build_object(
+    text: str, kind: str, colors: list[str], pattern: str | None
+) -> tuple[ProceduralObject, tuple[str, ...]]:
     spec = KIND_SPECS[kind]
+    defaults: list[str] = []
     if not colors:
-        raise _refuse(
-            text,
-            f"it names no colour; say one of {', '.join(COLORS)} (e.g. '{_example(kind)}'); "
-            "a kind's default colour is not picked for you",
-        )
+        colors = [DEFAULT_COLORS[kind]]
+        defaults.append(f"colour {colors[0]}: the {kind}'s default")
     if pattern is None:
         if len(colors) == 2:
             if spec.patternable:
@@ -326,13 +349,18 @@ def _build_object(text: str, kind: str, colors: list[str], pattern: str | None) 
                 text,
                 f"{colors[0]} is only a pattern's second colour; the main one is one of {', '.join(COLORS)}",
             )
-        return ProceduralObject(kind, colors[0])
+        return ProceduralObject(kind, colors[0]), tuple(defaults)
     if not spec.patternable:
         raise _refuse(text, f"a {kind} takes no pattern; patterns go on {', '.join(_patternable())}")
+    if len(colors) == 1:
+        if colors[0] not in COLORS:  # "a white striped ball": white is the second colour
+            colors = [DEFAULT_COLORS[kind], colors[0]]
+            defaults.append(f"main colour {colors[0]}: the {kind}'s default")
+        else:
+            colors = [colors[0], DEFAULT_SECONDARY]
+            defaults.append(f"second colour {DEFAULT_SECONDARY}")
     if len(colors) != 2:
-        first = colors[0] if colors[0] in COLORS else "red"
-        example = f"{_article(first)} {first} and white {pattern} {kind}"
-        raise _refuse(text, f"a {pattern} {kind} needs two colours, e.g. '{example}'")
+        raise _refuse(text, f"a {pattern} {kind} takes two colours, e.g. 'a red and white {pattern} {kind}'")
     primary, secondary = colors
     if primary not in COLORS and secondary in COLORS:  # "a white and red striped ball": red is the main hue
         primary, secondary = secondary, primary
@@ -340,7 +368,7 @@ def _build_object(text: str, kind: str, colors: list[str], pattern: str | None) 
         raise _refuse(
             text, f"white and black are only a pattern's second colour; name one of {', '.join(COLORS)}"
         )
-    return ProceduralObject(kind, primary, secondary, pattern)
+    return ProceduralObject(kind, primary, secondary, pattern), tuple(defaults)
 
 
 # --- sentence encoder -----------------------------------------------------------------------------------

@@ -91,13 +91,10 @@ def test_near_phrasings_go_through_the_sentence_encoder() -> None:
         ("something red", "ambiguous"),
         ("red", "ambiguous"),
         ("a red cube and a blue sphere", "several objects"),
-        ("a chair", "no colour"),
-        ("a striped sphere", "no colour"),
         ("a brown chair", "'brown' is not one of the colours"),
         ("a white chair", "second colour"),
         ("a red and white chair", "takes one colour"),
         ("a red and white sphere", "need a pattern"),
-        ("a striped red sphere", "needs two colours"),
         ("a red and white striped chair", "takes no pattern"),
         ("a red, white and blue striped sphere", "3 colours"),
         ("   ", "empty"),
@@ -111,6 +108,42 @@ def test_unknown_and_ambiguous_prompts_are_refused_with_the_vocabulary(prompt: s
     assert "--prior HUB_ID" in message and "GPU" in message
     assert ", ".join(KINDS) in message and "red, orange, yellow" in message and "two-tone" in message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("prompt", "expected", "said"),
+    [
+        ("a chair", "a red chair", "colour red: the chair's default"),
+        ("A tree", "a green tree", "colour green: the tree's default"),
+        ("a striped red sphere", "a red and white striped sphere", "second colour white"),
+        ("a stripy blue ball", "a blue and white striped sphere", "second colour white"),
+        ("a striped sphere", "a red and white striped sphere", "the sphere's default"),
+        ("a white striped mug", "a blue and white striped mug", "main colour blue"),
+        ("a red chair", "a red chair", None),
+    ],
+)
+def test_what_a_prompt_leaves_out_gets_a_default_that_is_said(prompt, expected, said, caplog) -> None:
+    parse_prompt.cache_clear()
+    with caplog.at_level("WARNING", logger="sds3d.priors.vocabulary"):
+        match = parse_prompt(prompt)
+    assert match.caption == expected
+    if said is None:
+        assert match.defaults == () and not caplog.records
+    else:
+        assert any(said in d for d in match.defaults), match.defaults
+        assert expected in caplog.text and "name the colours" in caplog.text
+
+
+def test_every_kind_has_a_default_colour_of_the_palette() -> None:
+    from priors.vocabulary import DEFAULT_COLORS
+    from recon.data.objects import COLORS
+
+    assert set(DEFAULT_COLORS) == set(KINDS) and set(DEFAULT_COLORS.values()) <= set(COLORS)
+    for kind in KINDS:
+        assert (
+            parse_prompt(f"a {kind}").caption
+            == f"{'an' if DEFAULT_COLORS[kind][0] in 'aeiou' else 'a'} {DEFAULT_COLORS[kind]} {kind}"
+        )
 
 
 def test_the_summary_lists_the_vocabulary_compactly() -> None:
