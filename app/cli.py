@@ -28,6 +28,7 @@ from app.commands.batch import BatchCommand
 from app.commands.export import ExportCommand
 from app.commands.generate import GenerateCommand
 from app.commands.hands import HandsCommand
+from app.commands.heads import HeadsCommand
 from app.commands.prior import PriorCommand
 from app.commands.reconstruct import ReconstructCommand
 from app.commands.scene import SceneCommand
@@ -42,6 +43,7 @@ Commands = Union[  # noqa: UP007 - tyro reads the Union
     Annotated[BatchCommand, tyro.conf.subcommand("batch")],
     Annotated[AppCommand, tyro.conf.subcommand("app")],
     Annotated[HandsCommand, tyro.conf.subcommand("hands")],
+    Annotated[HeadsCommand, tyro.conf.subcommand("heads")],
     Annotated[SceneCommand, tyro.conf.subcommand("scene")],
 ]
 

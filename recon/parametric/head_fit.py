@@ -33,6 +33,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -348,3 +349,75 @@ def silhouette_iou(vertices: Tensor, faces: Tensor, camera: Cameras, mask: Tenso
     raster = rasterize_mesh(vertices, faces, camera, backend="torch")
     hit = raster.face_ids[0] >= 0
     return float((hit & mask).sum() / (hit | mask).sum().clamp_min(1))
+
+
+# ------------------------------------------------------------------------------------------- files
+def load_portrait(
+    image_path: str | Path, landmarks_path: str | Path, mask_path: str | Path | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """``(rgb [H, W, 3] float in [0, 1], landmarks [L, 2], mask [H, W] bool or None)`` from files.
+
+    The landmarks' JSON is a list of ``[x, y]`` pixels (51 or 68 iBUG points) or an object with a
+    ``landmarks_2d`` list (what ``sds3d heads synth`` writes); the mask is an image, white = head.
+
+    Raises:
+        UserError: a file that is not an image, landmarks that are not such JSON, a mask of another size.
+    """
+    import json
+
+    from PIL import Image, UnidentifiedImageError
+
+    def read_image(path: str | Path, what: str) -> Image.Image:
+        try:
+            with Image.open(path) as im:
+                im.load()
+                return im.copy()
+        except (UnidentifiedImageError, OSError) as err:
+            raise UserError(f"{what} {path} is not a readable image ({err}); pass a PNG or JPEG") from None
+
+    image = np.asarray(read_image(image_path, "the portrait").convert("RGB"), dtype=np.float32) / 255.0
+    try:
+        data = json.loads(Path(landmarks_path).read_text())
+        if isinstance(data, dict):
+            data = data["landmarks_2d"]
+        landmarks = np.asarray(data, dtype=np.float64)
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
+        raise UserError(
+            f"the landmarks file {landmarks_path} is not a JSON list of [x, y] pixels or an object with "
+            f"'landmarks_2d' ({type(err).__name__}); pass a 51- or 68-point iBUG detection as JSON"
+        ) from None
+    mask = None
+    if mask_path is not None:
+        mask = np.asarray(read_image(mask_path, "the mask").convert("L")) > 127
+        if mask.shape != image.shape[:2]:
+            raise UserError(
+                f"the mask is {mask.shape[1]}x{mask.shape[0]}, the portrait "
+                f"{image.shape[1]}x{image.shape[0]}; pass the portrait's own mask"
+            )
+    return image, landmarks, mask
+
+
+def portrait_vertex_colors(
+    model: HeadModel, fit: HeadFit, image: np.ndarray, mask: np.ndarray | None = None
+) -> np.ndarray:  # [V, 3]
+    """Each vertex's colour from the portrait where the fitted head shows it; the seen colours' median
+    elsewhere (the back of the head, the far side of a turned face)."""
+    from recon.render.mesh_raster import rasterize_mesh
+
+    with torch.no_grad():
+        v = model(**fit.params).vertices[0]
+    cam = fit.camera
+    raster = rasterize_mesh(v, model.faces, cam, backend="torch")
+    xy = project_camera_frame(v, cam.fx[0], float(cam.cx[0]), float(cam.cy[0]))
+    H, W = image.shape[:2]
+    px = xy.floor().long()
+    px[:, 0].clamp_(0, W - 1)
+    px[:, 1].clamp_(0, H - 1)
+    depth = raster.depth[0][px[:, 1], px[:, 0]]
+    seen = (raster.face_ids[0][px[:, 1], px[:, 0]] >= 0) & ((-v[:, 2] - depth).abs() < 0.005)
+    seen &= (xy[:, 0] >= 0) & (xy[:, 0] < W) & (xy[:, 1] >= 0) & (xy[:, 1] < H)
+    if mask is not None:
+        seen &= torch.as_tensor(mask)[px[:, 1], px[:, 0]]
+    colors = image[px[:, 1].numpy(), px[:, 0].numpy()]
+    fill = np.median(colors[seen.numpy()], axis=0) if bool(seen.any()) else np.full(3, 0.7)
+    return np.where(seen.numpy()[:, None], colors, fill).astype(np.float32)

@@ -2,7 +2,8 @@
 
 The avatar's export for glTF viewers (Zero-1-to-A, https://arxiv.org/abs/2503.15851, issue #17's outputs).
 At zero pose the head model is linear in its expression (``v = v_template + S·betas + E·expression``:
-skinning with identity rotations leaves the shaped mesh as it is, wherever the joints are), so a glTF morph target per expression direction reproduces it exactly:
+skinning with identity rotations leaves the shaped mesh as it is, wherever the joints are), so a glTF
+morph target per expression direction reproduces it exactly:
 ``base + Σ w_i · target_i`` with ``base`` the identity's neutral mesh and ``target_i`` the
 expression's column ``E[:, :, i]``. One more target, ``jawOpen`` (ARKit's name), is the mesh with the
 jaw turned by ``jaw_open_rad`` about its x axis minus the base: a rotation morphed linearly, so a
