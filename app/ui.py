@@ -267,7 +267,7 @@ def build_app(
                     )  # fmt: skip
                     allow_download = gr.Checkbox(False, label="Allow downloading a hub prior")
                     with gr.Row():
-                        steps = gr.Number(300, label="Steps", precision=0)
+                        steps = gr.Number(1500, label="Steps", precision=0)
                         seed = gr.Number(0, label="Seed", precision=0)
                     with gr.Accordion("Advanced settings", open=False):
                         guidance = gr.Slider(1, 100, 15, step=0.5, label="Guidance scale")

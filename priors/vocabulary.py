@@ -82,6 +82,9 @@ and backrest, the tree's foliage, the snowman's scarf and hat...)."""
 DEFAULT_SECONDARY = "white"
 """The second colour of a pattern whose prompt names one colour."""
 
+_SAID: set[tuple[str, tuple[str, ...]]] = set()
+"""Defaults already logged (the view prompts of one run would repeat them)."""
+
 MATCH_THRESHOLD = 0.76
 """Lowest MiniLM cosine between a prompt with unknown words and the caption it is mapped to. Measured
 (pooled vectors): "a red wooden chair" 0.92, "a red cube made of cheese" 0.80, "a red truck" -> car
@@ -272,7 +275,8 @@ def parse_prompt(text: str, threshold: float = MATCH_THRESHOLD) -> PromptMatch:
             )
     obj, defaults = _build_object(text, kinds[0], colors, patterns[0] if patterns else None)
     match = PromptMatch(caption(obj), view, obj, similarity, defaults)
-    if defaults:
+    if defaults and (match.caption, defaults) not in _SAID:  # once per object, not once per view prompt
+        _SAID.add((match.caption, defaults))
         log.warning(
             "%r names no %s: drawing %r (%s); name the colours to choose them",
             text, "colour" if not colors else "second colour", match.caption, ", ".join(defaults),

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -461,6 +462,9 @@ class DensifyConfig:
     refine_stop_iter: int = checked(15_000, low=0, high=1_000_000_000)
     refine_every: int = checked(100, low=1, high=1_000_000_000)
     reset_every: int = checked(3000, low=1, high=1_000_000_000)
+    max_gaussians: int = checked(0, low=0, high=1_000_000_000)
+    """Most Gaussians growth may reach (0: no limit). At the limit a round of growth keeps the Gaussians
+    with the largest screen-space gradients (gsplat's MCMC strategy has the same ``cap_max``)."""
     verbose: bool = False
 
 
@@ -481,7 +485,10 @@ def make_strategy(config: DensifyConfig, device: torch.device | str = "cpu"):
         )
     from gsplat.strategy import DefaultStrategy
 
-    return DefaultStrategy(
+    cls = _capped_strategy_class() if config.max_gaussians else DefaultStrategy
+    extra = {"cap_max": config.max_gaussians} if config.max_gaussians else {}
+    return cls(
+        **extra,
         grow_grad2d=config.grow_grad2d,
         grow_scale3d=config.grow_scale3d,
         prune_opa=config.prune_opa,
@@ -492,3 +499,31 @@ def make_strategy(config: DensifyConfig, device: torch.device | str = "cpu"):
         reset_every=config.reset_every,
         verbose=config.verbose,
     )
+
+
+@lru_cache(maxsize=1)
+def _capped_strategy_class() -> type:
+    """gsplat's ``DefaultStrategy`` whose growth stops at ``cap_max`` Gaussians (the largest screen-space
+    gradients grow first when a round would pass it)."""
+    from gsplat.strategy import DefaultStrategy
+
+    @dataclass
+    class CappedDefaultStrategy(DefaultStrategy):
+        cap_max: int = 0
+
+        @torch.no_grad()
+        def _grow_gs(self, params, optimizers, state, step):
+            room = self.cap_max - len(params["means"])
+            if room <= 0:
+                return 0, 0
+            grads = state["grad2d"] / state["count"].clamp_min(1)
+            if int((grads > self.grow_grad2d).sum()) <= room:
+                return super()._grow_gs(params, optimizers, state, step)
+            threshold = self.grow_grad2d  # this round: only the `room` largest gradients grow
+            self.grow_grad2d = float(grads.flatten().topk(room + 1).values[-1])
+            try:
+                return super()._grow_gs(params, optimizers, state, step)
+            finally:
+                self.grow_grad2d = threshold
+
+    return CappedDefaultStrategy

@@ -61,7 +61,7 @@ class GenerateCommand(PresetCommand):
     allow_download: bool = False
     """Allow downloading hub checkpoints (off: only what is cached locally)."""
     steps: int | None = checked(None, STEPS)
-    """Optimization steps (default: the pipeline's; stabledreamer 300; dreamcraft3d splits them over
+    """Optimization steps (default: the pipeline's; stabledreamer 1500; dreamcraft3d splits them over
     its four stages in the proportions of its defaults, 300/100/200/200)."""
     seed: int = checked(0, SEED)
     """Random seed."""

@@ -123,7 +123,10 @@ def test_unknown_and_ambiguous_prompts_are_refused_with_the_vocabulary(prompt: s
     ],
 )
 def test_what_a_prompt_leaves_out_gets_a_default_that_is_said(prompt, expected, said, caplog) -> None:
+    from priors import vocabulary
+
     parse_prompt.cache_clear()
+    vocabulary._SAID.clear()
     with caplog.at_level("WARNING", logger="sds3d.priors.vocabulary"):
         match = parse_prompt(prompt)
     assert match.caption == expected

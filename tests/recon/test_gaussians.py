@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -95,18 +97,16 @@ def test_from_points_keeps_colors_and_renders_them():
     )
 
 
-def test_default_strategy_densifies_on_cpu():
-    """gsplat's DefaultStrategy (clone/split/prune) runs on CPU tensors with our renderer's meta."""
+def _densify(cfg: DensifyConfig, steps: int = 6) -> GaussianModel:
     model = GaussianModel.random_in_sphere(
         200, radius=0.5, generator=torch.Generator().manual_seed(0), init_opacity=0.5
     )
-    cfg = DensifyConfig(refine_start_iter=0, refine_every=5, grow_grad2d=1e-7, reset_every=10_000)
     strategy = make_strategy(cfg)
     optimizers = {k: torch.optim.Adam([p], lr=1e-3) for k, p in model.splats.items()}
     strategy.check_sanity(model.splats, optimizers)
     state = strategy.initialize_state(scene_scale=1.0)
     cams = orbit_cameras(2, width=32, height=32)
-    for step in range(6):
+    for step in range(steps):
         out = render_gaussians(model, cams)
         strategy.step_pre_backward(model.splats, optimizers, state, step, out.meta)
         out.rgb.mean().backward()
@@ -114,7 +114,23 @@ def test_default_strategy_densifies_on_cpu():
         for opt in optimizers.values():
             opt.step()
             opt.zero_grad()
-    assert len(model) > 200
+    return model
+
+
+def test_default_strategy_densifies_on_cpu():
+    """gsplat's DefaultStrategy (clone/split/prune) runs on CPU tensors with our renderer's meta."""
+    cfg = DensifyConfig(refine_start_iter=0, refine_every=5, grow_grad2d=1e-7, reset_every=10_000)
+    assert len(_densify(cfg)) > 300
+
+
+def test_growth_stops_at_max_gaussians():
+    free = DensifyConfig(
+        refine_start_iter=0, refine_every=5, grow_grad2d=1e-7, reset_every=10_000, prune_opa=0.0
+    )
+    assert len(_densify(free, steps=6)) > 300 and len(_densify(free, steps=11)) > 400  # two rounds
+    # at the cap from the start; reached inside the first round; inside the second (largest gradients first)
+    for cap, expected in ((150, 200), (260, 260), (330, 330)):
+        assert len(_densify(replace(free, max_gaussians=cap), steps=11)) == expected, cap
 
 
 def test_mcmc_strategy_refused_on_cpu():
