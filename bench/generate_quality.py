@@ -17,7 +17,7 @@ exported ``model.glb`` is ray-cast (trimesh) from an 8-view turntable (elevation
   annealing (its default, ``sds.anneal="linear"``: ``janus_rate_annealed``) and with a fixed range
   (``sds.anneal="uniform"``: ``janus_rate_fixed``).
 
-Usage: python bench/generate_quality.py [--n 20] [--steps 300] [--prior embedded] [--seed 0] [--out DIR]
+Usage: python bench/generate_quality.py [--n 20] [--steps 1500] [--prior embedded] [--seed 0] [--out DIR]
 Prints a table, then as its LAST line JSON {"shape_acc", "color_acc", "pattern_acc", "front_acc",
 "janus_rate_annealed", "janus_rate_fixed", "median_s", ...}.
 """
@@ -27,6 +27,11 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # before tqdm is imported: the export's bars break the table
+from app.openmp import openmp_env  # noqa: E402 - as sds3d does, before torch loads its OpenMP runtime
+
+# passive OpenMP waits on a busy machine: spinning workers made a 1500-step run 5x slower next to another
+# job (290 s against 60 s)
+os.environ.update(openmp_env())
 
 import argparse
 import dataclasses
@@ -148,9 +153,9 @@ def run_prompt(obj, args, out: Path, anneal: bool = True) -> tuple[dict, float]:
     from recon.pipelines.stabledreamer import StableDreamerConfig
 
     prompt = caption(obj)
-    config = StableDreamerConfig(
-        prompt=prompt, prior=args.prior, steps=args.steps, seed=args.seed, progress_bar=False
-    )
+    config = StableDreamerConfig(prompt=prompt, prior=args.prior, seed=args.seed, progress_bar=False)
+    if args.steps:
+        config.steps = args.steps
     if not anneal:
         config = dataclasses.replace(config, sds=dataclasses.replace(config.sds, anneal="uniform"))
     started = time.perf_counter()
@@ -172,7 +177,7 @@ def run_prompt(obj, args, out: Path, anneal: bool = True) -> tuple[dict, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=20, help="number of prompts")
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=0, help="0: the pipeline's default (1500)")
     parser.add_argument("--prior", default="embedded")
     parser.add_argument("--seed", type=int, default=0, help="seed of the prompt choice and of the runs")
     parser.add_argument("--out", type=Path, default=None, help="keep the runs here (default: a temp dir)")
