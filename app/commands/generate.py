@@ -45,9 +45,9 @@ class GenerateCommand(PresetCommand):
     background is segmented)."""
     mask: str = checked("", path="file")
     """dreamcraft3d: a mask image (white = object) that overrides the picture's segmentation."""
-    view_prior: str = "none"
-    """dreamcraft3d: view-conditioned prior: none (the default until it lands), embedded, a Zero123
-    diffusers folder or hub id."""
+    view_prior: str = "embedded"
+    """dreamcraft3d: view-conditioned prior: embedded (assets/embedded-view, a miniature Zero123), none
+    (the ablation), a Zero123 diffusers folder or hub id."""
     texture_guidance: Literal["bsd", "sds"] = "bsd"
     """dreamcraft3d: texture-stage guidance, bootstrapped score distillation or plain SDS."""
     representation: Literal["gaussians", "nerf"] = "gaussians"
