@@ -319,9 +319,12 @@ def export_run(
 ) -> dict[str, Path]:
     """Writes the run's mesh (GLB / OBJ+MTL+PNG with a baked UV texture) and splats into ``export/``.
 
-    ``method``: ``marching_cubes`` on the Gaussians' opacity field (the default for text-to-3D runs:
-    SDS Gaussians have soft edges, and TSDF fusion of their expected depth lands inside them, ≈10%
-    small), or ``tsdf`` fusion of rendered depth (the default for reconstructed scenes).
+    ``method``: ``tsdf`` fusion of rendered depth (the default for Gaussians), or ``marching_cubes`` on the
+    Gaussians' opacity field (the default for fields). Text-to-3D runs used marching cubes while they
+    had 2048 large, soft Gaussians (TSDF's surface then sat ≈10% inside them); with 1500 steps and up to
+    16k small ones (median σ 0.007 against a 0.023 voxel) the sampled opacity field breaks apart and
+    the largest piece lost parts (a snowman's bottom ball): TSDF keeps them (turntable IoU of 8 judged
+    GLBs: snowman 0.15 -> 0.51, chair 0.29 -> 0.50, none lower).
     Every file is written atomically; a killed export leaves no partial files.
     """
     validate_export_options(formats, faces, texture_size, image_size, n_views)
@@ -348,7 +351,7 @@ def export_run(
 
         pipeline, settings = load_config(run_dir) if (Path(run_dir) / "config.yaml").is_file() else (None, {})
         if method is None:
-            method = "marching_cubes" if pipeline == "stabledreamer" or not gaussians else "tsdf"
+            method = "tsdf" if gaussians else "marching_cubes"
         resolution = 96 if method == "marching_cubes" else 128
         level = 0.5
         if gaussians:

@@ -28,8 +28,8 @@ class ExportCommand:
     texture_size: int = checked(512, TEXTURE_SIZE)
     """Side of the baked texture in texels."""
     method: Literal["auto", "marching_cubes", "tsdf"] = "auto"
-    """Surface extraction: auto = marching cubes on the Gaussians' opacity field for text-to-3D runs,
-    TSDF fusion of rendered depth for reconstructed scenes."""
+    """Surface extraction: auto = TSDF fusion of rendered depth for Gaussians, marching cubes for fields
+    (NeRF/SDF runs)."""
 
     def run(self) -> int:
         import logging
