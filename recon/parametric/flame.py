@@ -21,14 +21,13 @@ shape, the second expression), ``posedirs [5023, 3, 36]``, ``J_regressor`` (``sc
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from recon.errors import UserError
-from recon.parametric.mano import _allowed, _ChumpyStandIn
+from recon.parametric.mano import read_model_pickle
 
 FLAME_JOINTS = 5
 FLAME_PARENTS = (-1, 0, 1, 1, 1)
@@ -39,38 +38,13 @@ EMBEDDING_FILE_NAME = "flame_static_embedding.pkl"
 _FIX = "pass the folder holding FLAME_NEUTRAL.pkl, FLAME_GENERIC.pkl or generic_model.pkl (FLAME 2020)"
 
 
-class _FlameUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        found = _allowed(module, name)
-        if found is None:
-            raise pickle.UnpicklingError(f"{module}.{name} is not part of a FLAME file")
-        return found
-
-
 def read_flame_pickle(path: str | Path, what: str = "FLAME model") -> dict[str, Any]:
     """The raw dict of a FLAME pickle (model or landmark embedding), chumpy arrays turned into numpy.
 
     Raises:
         UserError: the file is missing, unreadable, or not a pickle of a dict.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"no {what} file at {path}; {_FIX}")
-    try:
-        with open(path, "rb") as f:
-            data = _FlameUnpickler(f, encoding="latin1").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as err:
-        raise UserError(f"{path} is not a {what} file ({type(err).__name__}: {err}); {_FIX}") from err
-    if not isinstance(data, dict):
-        raise UserError(f"{path} is not a {what} file (it holds a {type(data).__name__}, not a dict); {_FIX}")
-    out = {}
-    for key, value in data.items():
-        if isinstance(value, _ChumpyStandIn):
-            value = value.to_array(key, path)
-        elif hasattr(value, "toarray"):  # scipy.sparse
-            value = value.toarray()
-        out[key] = value
-    return out
+    return read_model_pickle(path, "FLAME", what, f"no {what} file at {Path(path)}; {_FIX}", _FIX)
 
 
 def flame_arrays(data: dict[str, Any], path: str | Path = "FLAME file") -> dict[str, np.ndarray]:

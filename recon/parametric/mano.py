@@ -87,29 +87,43 @@ def _allowed(module: str, name: str) -> Any | None:
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
+    """An unpickler that builds only numpy arrays, scipy.sparse matrices and chumpy stand-ins."""
+
+    kind = "MANO"
+
     def find_class(self, module: str, name: str) -> Any:
         found = _allowed(module, name)
         if found is None:
-            raise pickle.UnpicklingError(f"{module}.{name} is not part of a MANO file")
+            raise pickle.UnpicklingError(f"{module}.{name} is not part of a {self.kind} file")
         return found
 
 
-def read_mano_pickle(path: str | Path) -> dict[str, Any]:
-    """The raw dict of a MANO pickle, chumpy arrays turned into numpy (no chumpy, no foreign code).
+def read_model_pickle(path: str | Path, kind: str, what: str, missing: str, fix: str = "") -> dict[str, Any]:
+    """The raw dict of a body-model pickle (MANO, FLAME), chumpy arrays turned into numpy (no chumpy, no
+    foreign code: :class:`_RestrictedUnpickler`).
+
+    Args:
+        path: The pickle.
+        kind: The model's name in the unpickler's refusal (``"MANO"``).
+        what: What the file should be, in the messages (``"MANO model"``).
+        missing: The whole message when the file does not exist.
+        fix: Appended to the other messages after ``"; "`` (empty: nothing).
 
     Raises:
-        UserError: the file is missing, unreadable, or not a pickle of the kind MANO ships.
+        UserError: the file is missing, unreadable, or not a pickle of a dict.
     """
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"no MANO file at {path}; pass the folder holding MANO_RIGHT.pkl and MANO_LEFT.pkl")
+        raise UserError(missing)
+    suffix = f"; {fix}" if fix else ""
+    unpickler = type("_Unpickler", (_RestrictedUnpickler,), {"kind": kind})
     try:
         with open(path, "rb") as f:
-            data = _RestrictedUnpickler(f, encoding="latin1").load()
+            data = unpickler(f, encoding="latin1").load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as err:
-        raise UserError(f"{path} is not a MANO model file ({type(err).__name__}: {err})") from err
+        raise UserError(f"{path} is not a {what} file ({type(err).__name__}: {err}){suffix}") from err
     if not isinstance(data, dict):
-        raise UserError(f"{path} is not a MANO model file (it holds a {type(data).__name__}, not a dict)")
+        raise UserError(f"{path} is not a {what} file (it holds a {type(data).__name__}, not a dict){suffix}")
     out = {}
     for key, value in data.items():
         if isinstance(value, _ChumpyStandIn):
@@ -118,6 +132,16 @@ def read_mano_pickle(path: str | Path) -> dict[str, Any]:
             value = value.toarray()
         out[key] = value
     return out
+
+
+def read_mano_pickle(path: str | Path) -> dict[str, Any]:
+    """The raw dict of a MANO pickle, chumpy arrays turned into numpy (no chumpy, no foreign code).
+
+    Raises:
+        UserError: the file is missing, unreadable, or not a pickle of the kind MANO ships.
+    """
+    missing = f"no MANO file at {path}; pass the folder holding MANO_RIGHT.pkl and MANO_LEFT.pkl"
+    return read_model_pickle(path, "MANO", "MANO model", missing)
 
 
 def mano_arrays(data: dict[str, Any], path: str | Path = "MANO file") -> dict[str, np.ndarray]:
