@@ -43,6 +43,7 @@ from recon.parametric.lbs import (
     blend_shapes,
     forward_kinematics,
     pose_features,
+    register_pose_basis,
     skin_points,
 )
 
@@ -224,12 +225,7 @@ class HandModel(torch.nn.Module):
         self.register_buffer("parents", torch.tensor(MANO_PARENTS))
         hands_mean = rig.hands_mean if rig.hands_mean is not None else np.zeros(45)
         self.register_buffer("hands_mean", torch.as_tensor(hands_mean, dtype=f32))
-        if rig.posedirs is not None:  # [V, 3, P] -> [P, V * 3]
-            P = rig.posedirs.shape[2]
-            posedirs = torch.as_tensor(rig.posedirs, dtype=f32).reshape(-1, P).T.contiguous()
-            self.register_buffer("posedirs", posedirs)
-        else:
-            self.posedirs = None
+        register_pose_basis(self, rig.posedirs)
 
     @property
     def num_betas(self) -> int:

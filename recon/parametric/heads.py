@@ -43,6 +43,7 @@ from recon.parametric.lbs import (
     blend_shapes,
     forward_kinematics,
     pose_features,
+    register_pose_basis,
     skin_points,
 )
 
@@ -154,12 +155,7 @@ class HeadModel(torch.nn.Module):
         self.register_buffer("landmark_faces", torch.as_tensor(rig.landmark_faces, dtype=torch.long))
         self.register_buffer("landmark_bary", torch.as_tensor(rig.landmark_bary, dtype=f32))
         self.register_buffer("parents", torch.tensor(FLAME_PARENTS))
-        if rig.posedirs is not None:  # [V, 3, P] -> [P, V * 3]
-            P = rig.posedirs.shape[2]
-            posedirs = torch.as_tensor(rig.posedirs, dtype=f32).reshape(-1, P).T.contiguous()
-            self.register_buffer("posedirs", posedirs)
-        else:
-            self.posedirs = None
+        register_pose_basis(self, rig.posedirs)
 
     @property
     def num_betas(self) -> int:

@@ -117,6 +117,17 @@ def skin_rotations(weights: Tensor, transforms: Tensor) -> Tensor:
     return torch.einsum("...nj,bjkl->bnkl", weights, transforms[..., :3, :3])
 
 
+def register_pose_basis(module: torch.nn.Module, posedirs) -> None:
+    """``module.posedirs``: the pose-corrective directions ``[V, 3, P]`` as the ``[P, V * 3]`` buffer that
+    :func:`pose_features` multiplies, or ``None`` when the model has none."""
+    if posedirs is None:
+        module.posedirs = None
+        return
+    P = posedirs.shape[2]
+    basis = torch.as_tensor(posedirs, dtype=torch.float32).reshape(-1, P).T.contiguous()
+    module.register_buffer("posedirs", basis)
+
+
 def pose_features(rotations: Tensor) -> Tensor:
     """``vec(R_j - I)`` of the non-root joints: ``[B, J, 3, 3]`` -> ``[B, 9 (J - 1)]`` (pose correctives)."""
     eye = torch.eye(3, dtype=rotations.dtype, device=rotations.device)
