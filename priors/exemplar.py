@@ -28,7 +28,6 @@ import os
 import pickle
 import random
 import re
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -40,6 +39,7 @@ from torch import Tensor
 
 from priors.model import CfgConvention, add_noise, classifier_free_guidance, guidance_is_trivial
 from priors.vocabulary import MATCH_THRESHOLD, parse_prompt
+from recon.atomic import atomic_torch_save
 from recon.errors import UserError
 
 log = logging.getLogger("sds3d.priors.exemplar")
@@ -278,7 +278,7 @@ class ProceduralExemplars:
             maps = [torch.cat([c, m]) for c, m in zip(cached, maps)]
         self._renders[entry] = tuple(maps)  # type: ignore[assignment]
         if path is not None:
-            _atomic_torch_save(dict(zip(("slots", "fixed", "alpha"), maps)), path)
+            atomic_torch_save(dict(zip(("slots", "fixed", "alpha"), maps)), path)
         return tuple(m[:n] for m in maps)  # type: ignore[return-value]
 
     def images(self, key: str, n: int | None = None) -> Tensor:  # [N, 3, H, W] in [0, 1]
@@ -303,18 +303,6 @@ def _world_version() -> str:
     for module in (objects, object_kinds):
         h.update(Path(module.__file__).read_bytes())
     return h.hexdigest()[:10]
-
-
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 @dataclass

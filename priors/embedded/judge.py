@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from recon.atomic import atomic_torch_save
 from recon.cameras import cameras_from_spherical
 from recon.data.procedural import COLORS, SHAPES, render_primitive
 
@@ -275,7 +276,7 @@ def kind_references(
             pass  # render again
     references = _render_references(*args)
     if path is not None:
-        _atomic_save({f.name: getattr(references, f.name) for f in dataclasses.fields(references)}, path)
+        atomic_torch_save({f.name: getattr(references, f.name) for f in dataclasses.fields(references)}, path)
     return references
 
 
@@ -292,21 +293,6 @@ def _references_path(args: tuple) -> Path | None:
         h.update(Path(module.__file__).read_bytes())
     root = os.environ.get("SDS3D_CACHE_DIR") or Path.home() / ".cache" / "sds3d"
     return Path(root) / "judge" / f"kind-references-{h.hexdigest()[:16]}-v1.pt"
-
-
-def _atomic_save(obj: dict, path: Path) -> None:
-    import os
-    import tempfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _render_references(

@@ -57,6 +57,7 @@ from priors.embedded.models import (
     build_vae,
 )
 from priors.embedded.world import WorldBankConfig, caption_batch, load_or_render_world_bank
+from recon.atomic import atomic_torch_save
 from recon.data.procedural import SHAPES
 
 TEXT_TOKENS = 16
@@ -135,13 +136,6 @@ def build_models(cfg: TrainConfig) -> ModelBundle:
     unet_cfg = cfg.unet or (PIXEL_UNET if cfg.variant == "pixel" else LATENT_UNET)
     vae = build_vae(cfg.vae or LATENT_VAE) if cfg.variant == "latent" else None
     return ModelBundle(build_unet(unet_cfg), build_scheduler(cfg.scheduler), vae)
-
-
-def _atomic_save(obj: object, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, step: int, max_decay: float) -> None:
@@ -233,7 +227,7 @@ class Trainer:
 
     def checkpoint(self) -> None:
         """Writes ``ckpt/state.pt`` and the export atomically."""
-        _atomic_save(self.state_dict(), self.ckpt_path)
+        atomic_torch_save(self.state_dict(), self.ckpt_path)
         self.export(self.cfg.out)
 
     def export(self, folder: Path) -> None:

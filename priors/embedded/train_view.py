@@ -34,9 +34,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from priors.embedded.models import SchedulerConfig, ViewModelConfig, build_scheduler, build_view_components
-from priors.embedded.train import _atomic_save, _ema_update
+from priors.embedded.train import _ema_update
 from priors.embedded.world import WorldBank, WorldBankConfig, load_or_render_world_bank, sample_colors
 from priors.view import relative_pose
+from recon.atomic import atomic_torch_save
 
 POSE_CONVENTION = "stable-zero123"
 
@@ -144,7 +145,7 @@ class ViewTrainer:
         self.phases = s.get("phases", [])
 
     def checkpoint(self) -> None:
-        _atomic_save(self.state_dict(), self.ckpt_path)
+        atomic_torch_save(self.state_dict(), self.ckpt_path)
         self.export(self.cfg.out)
 
     def export(self, folder: Path) -> None:
