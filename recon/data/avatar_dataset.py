@@ -100,12 +100,14 @@ class PseudoGTClips:
             raise UserError(f"refresh_every must be a whole number >= 1, got {self.refresh_every}")
 
     # ------------------------------------------------------------------------------ registration
-    def add(self, key: str, spec: ClipSpec) -> None:
-        """Registers (or replaces, dropping its clip) the driving signal ``key``."""
+    def add(self, key: str, spec: ClipSpec, keep: bool = False) -> None:
+        """Registers (or replaces) the driving signal ``key``. A replaced signal's clip is dropped, or with
+        ``keep`` served (with the signal it was made from) until it is stale, then made from ``spec``."""
         if spec.refresh_every is not None and int(spec.refresh_every) < 1:
             raise UserError(f"clip {key!r}: refresh_every must be >= 1, got {spec.refresh_every}")
         self.specs[key] = spec
-        self.clips.pop(key, None)
+        if not keep:
+            self.clips.pop(key, None)
 
     def keys(self, stage: str | None = None) -> list[str]:
         return sorted(k for k, s in self.specs.items() if stage is None or s.stage == stage)
@@ -162,7 +164,12 @@ class PseudoGTClips:
             "refreshes": self.refreshes,
             "specs": {k: _spec_state(s) for k, s in self.specs.items()},
             "clips": {
-                k: {"frames": c.frames, "made_at": c.made_at, "generation": c.generation}
+                k: {
+                    "frames": c.frames,
+                    "made_at": c.made_at,
+                    "generation": c.generation,
+                    "spec": _spec_state(c.spec),
+                }
                 for k, c in self.clips.items()
             },
         }
@@ -173,7 +180,13 @@ class PseudoGTClips:
         self.refreshes = int(state["refreshes"])
         self.specs = {k: _spec_from_state(s) for k, s in state["specs"].items()}
         self.clips = {
-            k: Clip(k, c["frames"], self.specs[k], int(c["made_at"]), int(c["generation"]))
+            k: Clip(
+                k,
+                c["frames"],
+                _spec_from_state(c["spec"]) if "spec" in c else self.specs[k],  # a kept clip's own signal
+                int(c["made_at"]),
+                int(c["generation"]),
+            )
             for k, c in state["clips"].items()
         }
 

@@ -478,9 +478,8 @@ class Zero1toATrainer:
             extent = float(spec0.cameras.azimuth_deg.abs().max())
             if extent != self._extent:
                 for i in range(cfg.spatial_clips):
-                    self.clips.add(
-                        f"spatial-{i:02d}", spatial_spec(i, step, cfg, neutral, max(self.spatial_steps, 1))
-                    )
+                    spec = spatial_spec(i, step, cfg, neutral, max(self.spatial_steps, 1))
+                    self.clips.add(f"spatial-{i:02d}", spec, keep=True)
                 self._extent = extent
         if stage == "temporal":
             temporal_steps = max(1, cfg.steps - self.spatial_steps)
@@ -488,7 +487,9 @@ class Zero1toATrainer:
             bucket = int(progress * 4)  # the expression strength is updated four times over the stage
             if bucket != self._progress_bucket:
                 for i in range(cfg.temporal_clips):
-                    self.clips.add(f"temporal-{i:02d}", temporal_spec(i, bucket / 4, cfg, self.model))
+                    self.clips.add(
+                        f"temporal-{i:02d}", temporal_spec(i, bucket / 4, cfg, self.model), keep=True
+                    )
                 self._progress_bucket = bucket
 
     # -- steps ---------------------------------------------------------------------------------

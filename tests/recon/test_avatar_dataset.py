@@ -165,3 +165,30 @@ def test_temporal_curriculum_goes_from_relaxed_to_exaggerated():
     seq = torch.rand(T, E)
     assert torch.allclose(temporal_expressions(seq, 1.0), 1.5 * seq)
     assert curriculum_stage(4999, 5000) == "spatial" and curriculum_stage(5000, 5000) == "temporal"
+
+
+def test_a_replaced_signal_keeps_its_clip_until_stale_and_resumes_with_it(tmp_path):
+    """``add(keep=True)`` (the widening spatial path): the old clip, with the signal it was made from, is
+    served until its interval is up, then the clip is made from the new signal; a resume keeps both."""
+    clips, rec = store()
+    rec.step = 0
+    first = clips.get("front-left", 0)
+    wider = spec()
+    wider.expressions = torch.ones(T, E)
+    clips.add("front-left", wider, keep=True)
+    rec.step = 29
+    kept = clips.get("front-left", 29)
+    assert kept.generation == first.generation and torch.equal(kept.spec.expressions, torch.zeros(T, E))
+    path = tmp_path / "clips.pt"
+    torch.save(clips.state_dict(), path)
+    again = PseudoGTClips(rec, refresh_every=30)
+    again.load_state_dict(torch.load(path, weights_only=False))
+    assert torch.equal(again.clips["front-left"].spec.expressions, torch.zeros(T, E))
+    assert torch.equal(again.specs["front-left"].expressions, torch.ones(T, E))
+    rec.step = 30
+    remade = again.get("front-left", 30)
+    assert remade.generation == first.generation + 1 and torch.equal(
+        remade.spec.expressions, torch.ones(T, E)
+    )
+    clips.add("front-left", wider)  # without keep: dropped at once
+    assert "front-left" not in clips.clips
