@@ -24,6 +24,7 @@ from typing import Annotated, Any, Union
 import tyro
 
 from app.commands.app import AppCommand
+from app.commands.avatar import AvatarCommand
 from app.commands.batch import BatchCommand
 from app.commands.export import ExportCommand
 from app.commands.generate import GenerateCommand
@@ -44,6 +45,7 @@ Commands = Union[  # noqa: UP007 - tyro reads the Union
     Annotated[AppCommand, tyro.conf.subcommand("app")],
     Annotated[HandsCommand, tyro.conf.subcommand("hands")],
     Annotated[HeadsCommand, tyro.conf.subcommand("heads")],
+    Annotated[AvatarCommand, tyro.conf.subcommand("avatar")],
     Annotated[SceneCommand, tyro.conf.subcommand("scene")],
 ]
 
@@ -63,7 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     command = None
     runs_before = _created_runs()
     try:
-        default = preset_default(argv, {"generate": GenerateCommand, "reconstruct": ReconstructCommand})
+        default = preset_default(
+            argv, {"generate": GenerateCommand, "reconstruct": ReconstructCommand, "avatar": AvatarCommand}
+        )
         extra = {"default": default} if default is not None else {}
         command = parse_command(argv, **extra)
         check_fields(command, flag_label(command))

@@ -31,6 +31,7 @@ from app.forms import (
     warm_up,
 )
 from app.jobs import RunJob, list_runs, obj_zip, render_preview, run_caption, run_files
+from app.tabs.avatar import build_avatar_tab
 from app.tabs.image import build_image_tab
 
 __all__ = [
@@ -65,6 +66,7 @@ def build_app(
     max_queue_size: int = 8,
     export_extra: dict[str, Any] | None = None,
     allowed_prior_dirs: list[str | Path] | None = None,
+    avatar_config: dict[str, Any] | None = None,
 ):
     """Builds the Gradio Blocks app.
 
@@ -75,6 +77,7 @@ def build_app(
             use smaller ones).
         allowed_prior_dirs: Folders a local prior may be loaded from (``None``: anywhere, for a server
             only this machine reaches; ``sds3d app`` restricts it when ``--host`` is not local).
+        avatar_config: Further ``Zero1toAConfig`` settings of the Avatar tab's runs (tests use small ones).
 
     Returns:
         The ``gr.Blocks`` app (not launched; see :func:`launch_app`).
@@ -301,6 +304,8 @@ def build_app(
                         video_cancel_btn = gr.Button("Cancel", variant="stop", elem_id="video-cancel")
                 with gr.Tab("Image to 3D"):
                     image_tab = build_image_tab(outputs, follow, user_error, export_extra, allowed_prior_dirs)
+                with gr.Tab("Avatar"):
+                    build_avatar_tab(outputs, user_error, allowed_prior_dirs, avatar_config)
                 status = gr.Markdown("", elem_id="status")
                 preview = gr.Image(label="Preview (turntable)", type="filepath", interactive=False)
             with gr.Column(scale=1):

@@ -33,6 +33,7 @@ def config_classes() -> dict[str, type]:
     from recon.pipelines.dreamcraft3d import DreamCraft3DConfig
     from recon.pipelines.stabledreamer import StableDreamerConfig
     from recon.pipelines.video_recon import VideoReconConfig
+    from recon.pipelines.zero1toa import Zero1toAConfig
 
     return {
         "stabledreamer": StableDreamerConfig,
@@ -40,6 +41,7 @@ def config_classes() -> dict[str, type]:
         "video_recon": VideoReconConfig,
         "dprecon": DPReconConfig,
         "bigs": BigsConfig,
+        "zero1toa": Zero1toAConfig,
     }
 
 

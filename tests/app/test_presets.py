@@ -15,6 +15,7 @@ from recon.pipelines.dprecon import DPReconConfig
 from recon.pipelines.dreamcraft3d import DreamCraft3DConfig
 from recon.pipelines.stabledreamer import StableDreamerConfig
 from recon.pipelines.video_recon import VideoReconConfig, reconstruct
+from recon.pipelines.zero1toa import Zero1toAConfig
 from recon.presets import PRESET_DIR, list_presets, load_preset
 from recon.runs import load_config
 
@@ -38,18 +39,26 @@ def test_the_product_presets_exist_and_load():
             "video_recon": VideoReconConfig,
             "dprecon": DPReconConfig,
             "bigs": BigsConfig,
+            "zero1toa": Zero1toAConfig,
         }[pipeline]
         assert isinstance(config, expected), name
     _, nerf = load_preset("stabledreamer-nerf")
     assert nerf.representation == "nerf" and nerf.nerf.grid_resolution == 48
     _, if_sd = load_preset(PRESET_DIR / "stabledreamer-if-sd.yaml")
     assert if_sd.prior.startswith("DeepFloyd/") and "stable-diffusion" in if_sd.color_prior
+    _, avatar = load_preset("zero1toa")
+    assert avatar == Zero1toAConfig()  # the embedded CPU defaults, written out
+    _, avatar_gpu = load_preset("zero1toa-gpu")
+    assert avatar_gpu.video_prior == "stabilityai/stable-video-diffusion-img2vid"
+    assert avatar_gpu.allow_download
+    assert avatar_gpu.size == 256 and avatar_gpu.per_face == 4 and avatar_gpu.steps > avatar.steps
 
 
 def _cpu_capable(config) -> bool:
     priors = [getattr(config, "prior", "embedded"), getattr(config, "color_prior", "same")]
     priors.append(getattr(config, "view_prior", "none"))
-    if getattr(config, "sds_weight", 0.0) > 0:  # BIGS: the object's SDS prior
+    priors.append(getattr(config, "video_prior", "embedded"))  # Zero-1-to-A
+    if hasattr(config, "sds_prior") and config.sds_weight > 0:  # BIGS: the object's SDS prior
         priors.append(config.sds_prior)
     return all(p in EMBEDDED for p in priors)
 
@@ -100,13 +109,43 @@ def _reference_picture(path: Path) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def portrait(tmp_path_factory) -> Path:
+    from app.commands.heads import write_portraits
+
+    return write_portraits(tmp_path_factory.mktemp("portrait") / "portraits", 1, 96, 1)
+
+
+def _zero1toa_two_steps(config, portrait: Path, tmp_path: Path) -> None:
+    """Zero-1-to-A: one portrait step, two video steps (a spatial and a temporal one)."""
+    from priors.video import EMBEDDED_VIDEO_DIR
+    from recon.parametric.head_fit import load_portrait
+    from recon.pipelines.zero1toa import load_avatar, run_avatar
+
+    if config.video_prior == "embedded" and not (EMBEDDED_VIDEO_DIR / "model_index.json").is_file():
+        from tests.app.tiny_video_prior import write_tiny_video_prior
+
+        print(f"{EMBEDDED_VIDEO_DIR} is not shipped yet: the preset runs with a tiny random video prior")
+        config.video_prior = str(write_tiny_video_prior(tmp_path / "tiny-video-prior"))
+    config.portrait_steps, config.steps, config.fit_steps = 1, 2, 20
+    names = ("portrait_000000.png", "portrait_000000.json", "mask_000000.png")
+    image, landmarks, mask = load_portrait(*(portrait / n for n in names))
+    result = run_avatar(config, image, landmarks, tmp_path / "avatar", mask=mask, write_video=False)
+    assert result.metrics["steps"] == 3 and result.metrics["clip_refreshes"] >= 1
+    _, state = load_avatar(result.files["avatar"])
+    assert state["config"]["size"] == config.size and state["config"]["steps"] == 2
+
+
 @pytest.mark.parametrize("name", list_presets())
-def test_every_cpu_capable_preset_runs_two_steps(name, tmp_path, posed_scene, room, hands_sequence):
+def test_every_cpu_capable_preset_runs_two_steps(name, tmp_path, posed_scene, room, hands_sequence, portrait):
     pipeline, config = load_preset(name)
     if not _cpu_capable(config):
-        keys = ("prior", "color_prior", "view_prior", "texture_prior", "sds_prior")
+        keys = ("prior", "color_prior", "view_prior", "texture_prior", "sds_prior", "video_prior")
         priors = [getattr(config, k) for k in keys if hasattr(config, k)]
         pytest.skip(f"{name} needs real checkpoints on a GPU ({', '.join(priors)}); loaded only")
+    if pipeline == "zero1toa":
+        _zero1toa_two_steps(config, portrait, tmp_path)
+        return
     config.progress_bar = False
     if pipeline == "bigs":  # three stages: a step in each of the first two, one joint step
         from recon.pipelines.bigs import reconstruct_hands
