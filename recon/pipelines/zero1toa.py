@@ -89,6 +89,9 @@ class Zero1toAConfig:
     """The video prior: ``embedded``, a Stable Video Diffusion-layout folder or a hub id."""
     allow_download: bool = False
     """Let a hub id download."""
+    device: str = "auto"
+    """Where the video prior runs: ``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda``, ``cuda:1``...
+    The avatar itself is small and stays on the CPU."""
     portrait_steps: int = checked(150, low=0, high=1_000_000)
     """Steps fitting the Gaussians to the portrait alone, before the video stages."""
     steps: int = checked(600, low=1, high=1_000_000)
@@ -372,6 +375,13 @@ class AvatarResult:
     portrait: Portrait | None = None
 
 
+def portrait_fingerprint(portrait: Portrait) -> str:
+    """A hash of the portrait's pixels (a checkpoint belongs to one portrait)."""
+    import hashlib
+
+    return hashlib.sha1(portrait.image.detach().numpy().tobytes()).hexdigest()
+
+
 def _l1_dssim(render: Tensor, target: Tensor, l1: float, dssim: float) -> Tensor:
     loss = l1 * (render - target).abs().mean()
     if dssim > 0 and min(render.shape[-3:-1]) >= 11:
@@ -576,6 +586,7 @@ class Zero1toATrainer:
             "bucket": self._progress_bucket,
             "history": self.history,
             "config": asdict(self.cfg),
+            "portrait": portrait_fingerprint(self.portrait),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -583,6 +594,12 @@ class Zero1toATrainer:
             raise UserError(
                 f"the checkpoint was made with mode {state.get('config', {}).get('mode')!r}, this run is "
                 f"{self.cfg.mode!r}; pass the same --mode or a new output folder"
+            )
+        made_from = state.get("portrait")
+        if made_from is not None and made_from != portrait_fingerprint(self.portrait):
+            raise UserError(
+                "the checkpoint in this output folder was made from another portrait; pass a new output "
+                "folder (or the portrait it was made from)"
             )
         self.step, self.phase = int(state["step"]), state["phase"]
         self.avatar.gaussians.load_state_dict(state["gaussians"])
@@ -703,8 +720,13 @@ def run_avatar(
     t_start = time.perf_counter()
     if prior is None:
         from priors.video import VideoPrior
+        from recon.device import resolve_device
 
-        prior = VideoPrior.from_pretrained(cfg.video_prior, allow_download=cfg.allow_download)
+        device = resolve_device(cfg.device)
+        dtype = "float16" if device.type == "cuda" else None
+        prior = VideoPrior.from_pretrained(
+            cfg.video_prior, allow_download=cfg.allow_download, device=device, dtype=dtype
+        )
     portrait = prepare_portrait(
         model,
         image,

@@ -176,3 +176,15 @@ def test_resuming_with_another_mode_is_refused(tmp_path, model, portrait):
     )
     with pytest.raises(UserError, match="mode"):
         other.run()
+
+
+def test_resuming_from_another_portraits_checkpoint_is_refused(tmp_path, model, portrait):
+    import dataclasses
+
+    from recon.errors import UserError
+
+    cfg = _config(steps=3, portrait_steps=0, checkpoint_every=1)
+    Zero1toATrainer(cfg, portrait, model, prior=None, out_dir=tmp_path).run()
+    other = dataclasses.replace(portrait, image=portrait.image.flip(1))
+    with pytest.raises(UserError, match="another portrait"):
+        Zero1toATrainer(_config(steps=5, portrait_steps=0), other, model, prior=None, out_dir=tmp_path).run()
