@@ -116,6 +116,10 @@ class Zero1toAConfig:
     """How far the renders are noised before the video prior denoises them (SDEdit strength)."""
     prior_steps: int = checked(20, low=1, high=1000)
     """DDIM steps of a full (strength 1) denoising; a refresh runs ``strength`` of them."""
+    correction_blur: float = checked(1.0, low=0.0, high=100.0)
+    """σ (pixels of the prior's resolution) of a Gaussian blur of the prior's correction before it is added
+    to the render: the prior corrects colour and shape, the render keeps its detail and the prior's
+    pixel noise stays out of the pseudo-ground truth (0: no blur)."""
     guidance_scale: float = checked(2.0, low=1.0, high=100.0)
     """Classifier-free guidance of the refresh (on the reference portrait)."""
     sds_guidance: float = checked(5.0, low=1.0, high=100.0)
@@ -375,6 +379,18 @@ class AvatarResult:
     portrait: Portrait | None = None
 
 
+def gaussian_blur(x: Tensor, sigma: float) -> Tensor:  # [B, C, H, W]
+    """A separable Gaussian blur (reflect padding); ``sigma`` 0 returns ``x``."""
+    if sigma <= 0:
+        return x
+    r = max(1, int(math.ceil(3 * sigma)))
+    k = torch.exp(-(torch.arange(-r, r + 1, dtype=x.dtype) ** 2) / (2 * sigma**2))
+    k = (k / k.sum()).to(x.device)
+    C = x.shape[1]
+    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1).expand(C, 1, 1, -1), groups=C)
+    return F.conv2d(F.pad(x, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1).expand(C, 1, -1, 1), groups=C)
+
+
 def portrait_fingerprint(portrait: Portrait) -> str:
     """A hash of the portrait's pixels (a checkpoint belongs to one portrait)."""
     import hashlib
@@ -474,7 +490,8 @@ class Zero1toATrainer:
                 small.permute(0, 2, 3, 1), self.clip_landmarks(spec) * (R / spec.cameras.width),
                 self.cfg.strength, generator, self.cfg.prior_steps, self.cfg.guidance_scale,
             ).permute(0, 3, 1, 2)  # fmt: skip
-            delta = F.interpolate(refined - small, size=x.shape[-2:], mode="bilinear", align_corners=False)
+            delta = gaussian_blur(refined - small, self.cfg.correction_blur)
+            delta = F.interpolate(delta, size=x.shape[-2:], mode="bilinear", align_corners=False)
             self.prior_seconds += time.perf_counter() - t0
             return (x + delta).clamp(0, 1).permute(0, 2, 3, 1)
 

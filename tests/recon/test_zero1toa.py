@@ -188,3 +188,18 @@ def test_resuming_from_another_portraits_checkpoint_is_refused(tmp_path, model, 
     other = dataclasses.replace(portrait, image=portrait.image.flip(1))
     with pytest.raises(UserError, match="another portrait"):
         Zero1toATrainer(_config(steps=5, portrait_steps=0), other, model, prior=None, out_dir=tmp_path).run()
+
+
+def test_the_correction_blur_is_a_normalised_gaussian():
+    from recon.pipelines.zero1toa import gaussian_blur
+
+    x = torch.zeros(1, 3, 21, 21)
+    x[:, :, 10, 10] = 1.0
+    y = gaussian_blur(x, 1.5)
+    torch.testing.assert_close(y.sum((-1, -2)), torch.ones(1, 3))
+    coords = torch.arange(21.0) - 10
+    var = (y[0, 0].sum(0) * coords**2).sum()
+    assert abs(float(var.sqrt()) - 1.5) < 0.05
+    flat = torch.full((1, 3, 9, 9), 0.3)
+    torch.testing.assert_close(gaussian_blur(flat, 2.0), flat)
+    assert gaussian_blur(x, 0.0) is x
