@@ -712,7 +712,14 @@ def caption_references() -> KindReferences:
 
 
 def caption_image(rgb: Tensor, mask: Tensor, min_iou: float = CAPTION_MIN_IOU) -> str:
-    """A caption of the embedded world for a picture of one object (``"a red duck"``), or ``""`` if unsure.
+    """A caption of the embedded world for a picture of one object (``"a red duck"``), or ``""`` if unsure
+    (see :func:`caption_image_scored`)."""
+    text, iou = caption_image_scored(rgb, mask)
+    return text if iou >= min_iou else ""
+
+
+def caption_image_scored(rgb: Tensor, mask: Tensor) -> tuple[str, float]:
+    """The best caption of the embedded world for a picture of one object (``"a red duck"``) and its IoU.
 
     The judges of :func:`judge_world` against :func:`caption_references`: the kind whose silhouette and
     colour layout agree best (position and scale free), its primary colour, and its pattern when the kind
@@ -721,10 +728,10 @@ def caption_image(rgb: Tensor, mask: Tensor, min_iou: float = CAPTION_MIN_IOU) -
     Args:
         rgb: ``[H, W, 3]`` in ``[0, 1]``, the object on white.
         mask: ``[H, W]`` object mask (bool, or float with ``> 0.5`` the object).
-        min_iou: Lowest silhouette IoU for a caption.
 
     Returns:
-        A caption of :func:`recon.data.objects.caption`, or ``""``.
+        A caption of :func:`recon.data.objects.caption` and the silhouette IoU of its kind (``("", 0)``
+        for an empty mask).
     """
     import torch.nn.functional as F
 
@@ -732,15 +739,14 @@ def caption_image(rgb: Tensor, mask: Tensor, min_iou: float = CAPTION_MIN_IOU) -
 
     m = (mask > 0.5) if mask.dtype != torch.bool else mask
     if not m.any():
-        return ""
+        return "", 0.0
     image = rgb.permute(2, 0, 1)[None].float()
     mf = m[None, None].float()
     while image.shape[-1] > 4 * NORMALIZED_SIZE:  # area-average large pictures before resampling
         image, mf = F.avg_pool2d(image, 2), F.avg_pool2d(mf, 2)
     verdict = judge_world(image, caption_references(), mf[:, 0] > 0.5)
     kind = KINDS[int(verdict.kind[0])]
-    if float(verdict.iou[0]) < min_iou:
-        return ""
+    iou = float(verdict.iou[0])
     color = list(COLORS)[int(verdict.color[0])]
     pattern, secondary = int(verdict.pattern[0]), int(verdict.secondary[0])
     if (
@@ -749,5 +755,5 @@ def caption_image(rgb: Tensor, mask: Tensor, min_iou: float = CAPTION_MIN_IOU) -
         and 0 <= secondary
         and SECONDARY_NAMES[secondary] != color
     ):
-        return caption(ProceduralObject(kind, color, SECONDARY_NAMES[secondary], PATTERNS[pattern]))
-    return caption(ProceduralObject(kind, color))
+        return caption(ProceduralObject(kind, color, SECONDARY_NAMES[secondary], PATTERNS[pattern])), iou
+    return caption(ProceduralObject(kind, color)), iou

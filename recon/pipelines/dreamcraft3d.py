@@ -256,13 +256,32 @@ def load_priors(config: DreamCraft3DConfig) -> LoadedPriors:
     return LoadedPriors(reference, text if prompt else None, view, texture, prompt)
 
 
-def caption_reference(reference, min_iou: float = 0.6) -> str:
-    """A caption of the embedded vocabulary for the reference ("a red cone"), or "" when unsure.
+PRIMITIVE_MARGIN = 0.03
+"""How much better (silhouette IoU) a world kind must fit the reference than the best primitive to win."""
 
-    The shape is the primitive whose silhouette — rendered side-on from several elevations and
-    azimuths and recentred like the reference (:func:`recon.data.reference.recenter`) — overlaps the
-    reference's mask best; the color is the nearest palette hue of the object.
+
+def caption_reference(reference, min_iou: float = 0.6) -> str:
+    """A caption of the embedded vocabulary for the reference ("a red cone", "a green mug"), or "" if unsure.
+
+    Two judges, the better silhouette wins, a primitive unless the world's kind beats it by
+    :data:`PRIMITIVE_MARGIN` (the simpler shape on a near tie): the primitive whose silhouette — rendered
+    side-on from several elevations and azimuths and recentred like the reference
+    (:func:`recon.data.reference.recenter`) — overlaps the reference's mask best, coloured with the nearest
+    palette hue; and the embedded world's judge (:func:`priors.embedded.judge.caption_image_scored`: every
+    kind, its colours and pattern). The primitives alone called a mug "a green cube"; the world judge alone
+    called a sphere seen from the front "a yellow dumbbell" (IoU 0.968 against the sphere's 0.966).
     """
+    from priors.embedded.judge import caption_image_scored
+
+    primitive, primitive_iou = _primitive_caption(reference)
+    world, world_iou = caption_image_scored(reference.rgb, reference.mask)
+    world_wins = bool(world) and world_iou > primitive_iou + PRIMITIVE_MARGIN
+    text, iou = (world, world_iou) if world_wins else (primitive, primitive_iou)
+    return text if iou >= min_iou and text else ""
+
+
+def _primitive_caption(reference) -> tuple[str, float]:
+    """The best primitive's caption ("" when no palette colour fits) and its silhouette IoU."""
     from priors.embedded.judge import judge_colors
     from recon.data.procedural import COLORS, SHAPES
 
@@ -275,9 +294,9 @@ def caption_reference(reference, min_iou: float = 0.6) -> str:
     best = int(iou.argmax())
     image = F.interpolate(reference.rgb.permute(2, 0, 1)[None], size=(32, 32), mode="area")
     color = int(judge_colors(image)[0])
-    if float(iou[best]) < min_iou or color < 0:
-        return ""
-    return f"a {list(COLORS)[color]} {SHAPES[best]}"
+    if color < 0:
+        return "", float(iou[best])
+    return f"a {list(COLORS)[color]} {SHAPES[best]}", float(iou[best])
 
 
 def _mask_fill(mask: torch.Tensor) -> float:

@@ -60,6 +60,21 @@ def test_embedded_caption_of_a_primitive_reference(tmp_path, shape, color):
     assert caption_reference(ref) == f"a {color} {shape}"
 
 
+@pytest.mark.parametrize("kind, color", [("mug", "green"), ("duck", "yellow"), ("chair", "red")])
+def test_embedded_caption_of_an_object_of_the_world(tmp_path, kind, color):
+    """A mug was captioned "a green cube" when only primitives were judged."""
+    from recon.data.objects import ProceduralObject, render_object
+    from recon.data.reference import ReferenceConfig, load_reference
+
+    one = torch.ones(1)
+    cam = cameras_from_spherical(one * 0, one * 0, one * 3.0, one * 40, 128, 128)
+    out = render_object(ProceduralObject(kind, color), cam)
+    img = np.concatenate([out.rgb[0].numpy(), out.alpha[0].reshape(128, 128, 1).numpy()], -1)
+    path = tmp_path / "r.png"
+    Image.fromarray((img * 255).round().astype(np.uint8)).save(path)
+    assert caption_reference(load_reference(path, ReferenceConfig(size=64))) == f"a {color} {kind}"
+
+
 def _iou(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a & b).sum() / (a | b).sum().clamp_min(1))
 
