@@ -76,6 +76,9 @@ class HandGaussians(torch.nn.Module):
         per_face: Gaussians per triangle.
         color: Initial RGB.
         generator: For the initial positions inside each triangle.
+        init_scale: Initial in-plane standard deviation in units of ``sqrt(triangle area / per_face)``.
+        thickness: Initial extent along the triangle's normal relative to the in-plane one (1: round;
+            below 1: surfels, which keep thin parts such as fingers from bleeding past their outline).
     """
 
     def __init__(
@@ -85,6 +88,8 @@ class HandGaussians(torch.nn.Module):
         per_face: int = 1,
         color: tuple[float, float, float] = (0.8, 0.6, 0.5),
         generator: torch.Generator | None = None,
+        init_scale: float = 0.6,
+        thickness: float = 1.0,
     ) -> None:
         super().__init__()
         F = faces.shape[0]
@@ -107,7 +112,9 @@ class HandGaussians(torch.nn.Module):
         quats = torch.zeros(N, 4)
         quats[:, 0] = 1.0
         self.local = torch.nn.Parameter(local)
-        self.log_scales = torch.nn.Parameter(torch.full((N, 3), math.log(0.6 / math.sqrt(per_face))))
+        log_scales = torch.full((N, 3), math.log(init_scale / math.sqrt(per_face)))
+        log_scales[:, 1] += math.log(thickness)  # the frame's Y axis is the triangle's normal
+        self.log_scales = torch.nn.Parameter(log_scales)
         self.quats = torch.nn.Parameter(quats)
         self.opacities = torch.nn.Parameter(torch.logit(torch.full((N,), 0.95)))
         self.sh0 = torch.nn.Parameter(rgb_to_sh(torch.tensor(color).expand(N, 3)).clone()[:, None, :])

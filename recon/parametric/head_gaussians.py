@@ -36,8 +36,11 @@ class HeadGaussians(HandGaussians):
         per_face: int = 1,
         color: tuple[float, float, float] = SKIN,
         generator: torch.Generator | None = None,
+        thickness: float = 1.0,
     ) -> None:
-        super().__init__(faces, rest_vertices, per_face=per_face, color=color, generator=generator)
+        super().__init__(
+            faces, rest_vertices, per_face=per_face, color=color, generator=generator, thickness=thickness
+        )
 
     @classmethod
     def on_model(
@@ -47,11 +50,14 @@ class HeadGaussians(HandGaussians):
         per_face: int = 1,
         color: tuple[float, float, float] = SKIN,
         generator: torch.Generator | None = None,
+        thickness: float = 1.0,
     ) -> HeadGaussians:
         """Gaussians on ``model``'s neutral head of shape ``betas`` (the mean shape by default)."""
         with torch.no_grad():
             rest = model(betas=betas).vertices[0]
-        return cls(model.faces, rest, per_face=per_face, color=color, generator=generator)
+        return cls(
+            model.faces, rest, per_face=per_face, color=color, generator=generator, thickness=thickness
+        )
 
     def deform(self, vertices: Tensor, side: str = "right") -> tuple[Tensor, Tensor, Tensor]:
         """Means ``[B, N, 3]``, unit quaternions ``[B, N, 4]`` and scales ``[B, N, 3]`` on posed head meshes

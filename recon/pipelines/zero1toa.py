@@ -253,9 +253,9 @@ class HeadAvatar(torch.nn.Module):
         self.register_buffer("betas", betas.detach().clone())
         self.register_buffer("transl", transl.detach().clone())
         g = torch.Generator().manual_seed(seed)
-        self.gaussians = HeadGaussians.on_model(model, betas, per_face=per_face, generator=g)
-        with torch.no_grad():  # surfels: thin along the triangle's normal (the frame's Y axis)
-            self.gaussians.log_scales[:, 1] += math.log(THICKNESS)
+        self.gaussians = HeadGaussians.on_model(
+            model, betas, per_face=per_face, generator=g, thickness=THICKNESS
+        )
 
     def vertices(self, params: dict[str, Tensor]) -> Tensor:  # [B, V, 3]
         B = next(iter(params.values())).shape[0] if params else 1

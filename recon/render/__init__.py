@@ -22,6 +22,7 @@ from torch import Tensor
 from recon.render.projection import Projection, project_gaussians, sh_to_colors
 
 RenderMode = Literal["RGB", "D", "ED", "RGB+D", "RGB+ED"]
+RasterizeMode = Literal["classic", "antialiased"]
 Backend = Literal["auto", "gsplat", "cpu", "torch"]
 BACKENDS: tuple[str, ...] = ("auto", "gsplat", "cpu", "torch")
 
@@ -69,6 +70,7 @@ def rasterization(
     radius_clip: float = 0.0,
     tile_size: int = 16,
     backend: Backend = "auto",
+    rasterize_mode: RasterizeMode = "classic",
 ) -> tuple[Tensor, Tensor, dict[str, Any]]:
     """Renders 3D Gaussians from ``C`` cameras, with gsplat's conventions.
 
@@ -89,6 +91,10 @@ def rasterization(
         backgrounds: Background added where the image is not opaque, for the color channels only.
         render_mode: ``RGB``, ``D`` (accumulated z), ``ED`` (expected z = D / alpha), ``RGB+D``,
             ``RGB+ED``. Depth is appended as the last channel.
+        rasterize_mode: ``classic``, or ``antialiased`` (gsplat's, from Mip-Splatting,
+            https://arxiv.org/abs/2311.16493): the ``eps2d`` low-pass widens every 2D Gaussian, so
+            each opacity is scaled by ``sqrt(det Σ₂ / det(Σ₂ + eps2d·I))`` and a Gaussian smaller than
+            a pixel keeps its integrated weight instead of bleeding over its neighbours.
         eps2d: Low-pass filter added to the 2D covariances (pixels²).
         radius_clip: Gaussians whose bounding-box radius is at most this (pixels) are skipped.
         tile_size: Tile size of the compiled backend.
@@ -102,13 +108,15 @@ def rasterization(
     """
     if render_mode not in ("RGB", "D", "ED", "RGB+D", "RGB+ED"):
         raise ValueError(f"unknown render_mode {render_mode!r}")
+    if rasterize_mode not in ("classic", "antialiased"):
+        raise ValueError(f"unknown rasterize_mode {rasterize_mode!r}; use 'classic' or 'antialiased'")
     if means.ndim != 2 or means.shape[-1] != 3:
         raise ValueError(f"means must be [N, 3], got {tuple(means.shape)}")
     backend = resolve_backend(backend, means.device)
     if backend == "gsplat":
         return _rasterize_gsplat(
             means, quats, scales, opacities, colors, viewmats, Ks, width, height, near_plane, far_plane,
-            sh_degree, backgrounds, render_mode, eps2d, radius_clip, tile_size,
+            sh_degree, backgrounds, render_mode, eps2d, radius_clip, tile_size, rasterize_mode,
         )  # fmt: skip
 
     if backend == "cpu":
@@ -129,6 +137,9 @@ def rasterization(
         eps2d,
         radius_clip,
     )
+    opacities_2d = proj.opacities
+    if rasterize_mode == "antialiased":
+        opacities_2d = opacities_2d * antialias_compensation(proj.conics, eps2d)
     C = viewmats.shape[0]
     if sh_degree is not None:
         feats = sh_to_colors(colors, sh_degree, means, viewmats)  # [C, N, 3]
@@ -150,7 +161,7 @@ def rasterization(
     if proj.means2d.requires_grad:
         proj.means2d.retain_grad()
     render, alphas = rasterize_to_pixels(
-        proj.means2d, proj.conics, channels, proj.opacities, proj.radii, proj.depths, width, height, tile_size
+        proj.means2d, proj.conics, channels, opacities_2d, proj.radii, proj.depths, width, height, tile_size
     )
     render = _finish(render, alphas, backgrounds, render_mode)
     meta = {
@@ -166,6 +177,15 @@ def rasterization(
         "backend": backend,
     }
     return render, alphas, meta
+
+
+def antialias_compensation(conics: Tensor, eps2d: float) -> Tensor:  # [..., 3] -> [...]
+    """``sqrt(det Σ₂ / det(Σ₂ + eps2d·I))`` from a projection's conics (inverse blurred covariances)."""
+    a, b, c = conics.unbind(-1)
+    det_blurred = 1.0 / (a * c - b * b).clamp_min(1e-30)
+    # the blurred covariance is (c, -b, a) * det_blurred; removing eps2d from its diagonal:
+    det = det_blurred - eps2d * (a + c) * det_blurred + eps2d * eps2d
+    return (det / det_blurred).clamp_min(1e-12).sqrt()  # finite gradients at degenerate Gaussians
 
 
 def _finish(
@@ -189,7 +209,7 @@ def _finish(
 
 def _rasterize_gsplat(
     means, quats, scales, opacities, colors, viewmats, Ks, width, height, near_plane, far_plane,
-    sh_degree, backgrounds, render_mode, eps2d, radius_clip, tile_size,
+    sh_degree, backgrounds, render_mode, eps2d, radius_clip, tile_size, rasterize_mode="classic",
 ):  # fmt: skip
     import gsplat
 
@@ -212,6 +232,7 @@ def _rasterize_gsplat(
         radius_clip=radius_clip,
         tile_size=tile_size,
         packed=False,
+        rasterize_mode=rasterize_mode,
     )
     render = _finish(render, alphas, backgrounds, render_mode, depth_is_expected=True)  # gsplat divides ED
     meta = dict(info)

@@ -101,3 +101,30 @@ def test_bad_inputs_leave_no_run_folder(sequence, tmp_path):
     with pytest.raises(UserError, match="no mask for 1 of 6 frames"):
         reconstruct_hands(broken, tiny(), out_root=out)
     assert not out.exists() or not any(out.rglob("config.yaml"))
+
+
+@pytest.mark.parametrize(
+    "mode, thickness, init_scale, low, high",
+    [("antialiased", 0.1, 0.3, 0.9, 1.0), ("classic", 1.0, 0.6, 0.0, 0.8)],
+)
+def test_hands_fitted_at_the_true_poses_cover_their_masks(tmp_path, mode, thickness, init_scale, low, high):
+    """At the true poses (no pose noise, poses frozen), the fitted hands' silhouettes match their masks:
+    surfels rendered antialiased (the defaults) reach IoU > 0.9; round Gaussians in the classic mode bled
+    past the fingers (IoU ~0.77 at 80 px: the 0.3 px² low-pass widens sub-pixel Gaussians)."""
+    seq = write_synth_sequence(
+        tmp_path / "seq",
+        HandsSynthConfig(frames=8, size=80, seed=101, noise_rot_deg=0, noise_pose_deg=0, noise_transl_mm=0,
+                         depth_bias_mm=0),
+    )  # fmt: skip
+    cfg = tiny(hand_steps=143, object_steps=0, joint_steps=0, pose_lr_scale=1e-6, holdout_every=0,
+               rasterize_mode=mode, hand_thickness=thickness, hand_init_scale=init_scale)  # fmt: skip
+    scene, train, _ = build_scene(seq, cfg)
+    build_trainer(scene, train, tmp_path / "run").fit()
+    ious = []
+    with torch.no_grad():
+        for f in train:
+            _, alpha, _ = scene.render(f, ("right", "left"), torch.ones(3))
+            mask = scene.seq.masks[f][..., :2].amax(-1) > 0.5
+            hit = alpha > 0.5
+            ious.append(float((hit & mask).sum() / (hit | mask).sum()))
+    assert low < sum(ious) / len(ious) < high
