@@ -398,10 +398,17 @@ def load_portrait(
 
 
 def portrait_vertex_colors(
-    model: HeadModel, fit: HeadFit, image: np.ndarray, mask: np.ndarray | None = None
+    model: HeadModel,
+    fit: HeadFit,
+    image: np.ndarray,
+    mask: np.ndarray | None = None,
+    fill: str = "nearest",
+    min_facing: float = 0.3,
 ) -> np.ndarray:  # [V, 3]
-    """Each vertex's colour from the portrait where the fitted head shows it; the seen colours' median
-    elsewhere (the back of the head, the far side of a turned face)."""
+    """Each vertex's colour from the portrait where the fitted head shows it; elsewhere (the back of the
+    head, the far side of a turned face) the colour of the nearest seen vertex (``fill="nearest"``: the
+    hair seen on top carries on down the back) or the seen colours' median (``"median"``). A vertex counts
+    as seen when it is in front, inside the mask and faces the camera at more than ``min_facing`` (cosine)."""
     from recon.render.mesh_raster import rasterize_mesh
 
     with torch.no_grad():
@@ -418,6 +425,24 @@ def portrait_vertex_colors(
     seen &= (xy[:, 0] >= 0) & (xy[:, 0] < W) & (xy[:, 1] >= 0) & (xy[:, 1] < H)
     if mask is not None:
         seen &= torch.as_tensor(mask)[px[:, 1], px[:, 0]]
+    if min_facing > 0:  # colours seen edge-on are the silhouette's blend of neighbours, not the surface's
+        from recon.data.hands_synth import vertex_normals
+
+        normals = vertex_normals(v, model.faces)
+        seen &= (normals * torch.nn.functional.normalize(-v, dim=-1)).sum(-1) > min_facing
     colors = image[px[:, 1].numpy(), px[:, 0].numpy()]
-    fill = np.median(colors[seen.numpy()], axis=0) if bool(seen.any()) else np.full(3, 0.7)
-    return np.where(seen.numpy()[:, None], colors, fill).astype(np.float32)
+    seen_np = seen.numpy()
+    if not seen_np.any():
+        return np.full((len(colors), 3), 0.7, dtype=np.float32)
+    if fill == "nearest":
+        from scipy.spatial import cKDTree
+
+        points = v.numpy()
+        _, nearest = cKDTree(points[seen_np]).query(points[~seen_np])
+        out = colors.copy()
+        out[~seen_np] = colors[seen_np][nearest]
+        return out.astype(np.float32)
+    if fill != "median":
+        raise ValueError(f"fill must be 'nearest' or 'median', got {fill!r}")
+    median = np.median(colors[seen_np], axis=0)
+    return np.where(seen_np[:, None], colors, median).astype(np.float32)

@@ -111,3 +111,29 @@ def test_landmarks_outside_the_mask_are_refused(model, portraits):
     mask[:20, :20] = True
     with pytest.raises(UserError, match="outside the head mask"):
         fit_head(model, portraits["landmarks_2d"][0], SIZE, SIZE, mask=mask, focal=300.0)
+
+
+def test_portrait_colours_fill_unseen_vertices_from_their_nearest_seen_neighbour(model, portraits):
+    """Hidden and edge-on vertices take the nearest seen vertex's colour (the hair seen on top carries on
+    down the back), not one median for the whole unseen head."""
+    from scipy.spatial import cKDTree
+
+    from recon.parametric.head_fit import portrait_vertex_colors
+
+    i = 1
+    cams = portraits["cameras"]
+    fit = fit_head(model, portraits["landmarks_2d"][i], SIZE, SIZE, portraits["masks"][i], float(cams.fx[i]))
+    image = portraits["images"][i].astype(np.float32) / 255
+    near = portrait_vertex_colors(model, fit, image, portraits["masks"][i])
+    median = portrait_vertex_colors(model, fit, image, portraits["masks"][i], fill="median")
+    fill = np.median(median, axis=0)
+    unseen = np.all(np.isclose(median, fill, atol=1e-6), axis=1)
+    assert 0.2 < unseen.mean() < 0.9  # the back of the head and the far side
+    seen = ~unseen
+    np.testing.assert_allclose(near[seen], median[seen])
+    with torch.no_grad():
+        v = model(**fit.params).vertices[0].numpy()
+    _, j = cKDTree(v[seen]).query(v[unseen])
+    np.testing.assert_allclose(near[unseen], median[seen][j])
+    with pytest.raises(ValueError, match="fill"):
+        portrait_vertex_colors(model, fit, image, fill="mean")
