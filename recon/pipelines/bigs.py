@@ -135,9 +135,10 @@ class BigsConfig:
     """tqdm bars."""
     lr_scale: float = checked(1.0, low=1e-6, high=1e6)
     """Multiplies every learning rate."""
-    pose_lr_scale: float = checked(1.0, low=1e-6, high=1e6)
+    pose_lr_scale: float = checked(0.3, low=1e-6, high=1e6)
     """Multiplies the per-frame hand and object pose learning rates (each frame is drawn once every
-    ``len(train frames)`` steps, so its parameters get few updates)."""
+    ``len(train frames)`` steps, so its parameters get few updates). At 1.0 the poses drifted away from the
+    truth (12 frames of 80 px, 600 hand steps: MPJPE 13.8 -> 15.8 mm); at 0.3 they converge (-> 10.1 mm)."""
     background_random: bool = True
     """A random background colour per step (BIGS); False: white."""
     hand_init_scale: float = checked(0.3, low=1e-3, high=10.0)
