@@ -114,7 +114,7 @@ class Zero1toAConfig:
     """A clip is regenerated from the current avatar after this many steps (the paper: 30)."""
     strength: float = checked(0.5, low=0.0, high=1.0)
     """How far the renders are noised before the video prior denoises them (SDEdit strength)."""
-    prior_steps: int = checked(20, low=1, high=1000)
+    prior_steps: int = checked(10, low=1, high=1000)
     """DDIM steps of a full (strength 1) denoising; a refresh runs ``strength`` of them."""
     correction_blur: float = checked(1.0, low=0.0, high=100.0)
     """σ (pixels of the prior's resolution) of a Gaussian blur of the prior's correction before it is added
@@ -136,6 +136,10 @@ class Zero1toAConfig:
     """λ of HeadStudio's position regulariser (offsets leaving their triangle)."""
     scale_weight: float = checked(10.0, low=0.0, high=1e6)
     """λ of HeadStudio's scale regulariser."""
+    video_groups: tuple[str, ...] = ("sh0",)
+    """What the video stages train (of ``means``, ``scales``, ``quats``, ``opacities``, ``sh0``); the portrait
+    stage trains all. Colours only by default: the head mesh already gives the geometry, and a 32-pixel
+    teacher's noise punched see-through holes (white specks) when opacities and shapes followed it."""
     color_lr: float = checked(0.025, low=0.0, high=10.0)
     """Adam's step size for the Gaussians' colours (SH degree 0); the rest keep the bound Gaussians'
     defaults (:meth:`recon.parametric.hand_gaussians.HandGaussians.default_learning_rates`)."""
@@ -417,6 +421,11 @@ class Zero1toATrainer:
         out_dir: Path | None = None,
     ) -> None:
         self.cfg, self.portrait, self.model = cfg, portrait, model
+        unknown = set(cfg.video_groups) - {"means", "scales", "quats", "opacities", "sh0"}
+        if unknown:
+            raise UserError(
+                f"video_groups has {sorted(unknown)}; use some of means, scales, quats, opacities, sh0"
+            )
         torch.manual_seed(cfg.seed)
         self.avatar = HeadAvatar(model, portrait.betas, portrait.transl, cfg.per_face, cfg.seed)
         colors = portrait_vertex_colors(
@@ -564,6 +573,11 @@ class Zero1toATrainer:
         loss = loss + self.regulariser_loss()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
+        if self.phase == "video":
+            for group in self.opt.param_groups:
+                if group["name"] not in cfg.video_groups:
+                    for p in group["params"]:
+                        p.grad = None  # Adam skips parameters without a gradient
         hidden = ~self._seen
         params = [p for group in self.opt.param_groups for p in group["params"]]
         kept = [p.detach()[hidden].clone() for p in params]

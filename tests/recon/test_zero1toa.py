@@ -129,7 +129,9 @@ def test_the_avatar_learns_unseen_sides_from_the_clip_dataset(model, truth, port
 
     plain = Zero1toATrainer(_config(steps=1), portrait, model, prior=None)
     plain.run()
-    taught = Zero1toATrainer(_config(spatial_fraction=1.0, side_deg=90.0), portrait, model, prior=None)
+    taught = Zero1toATrainer(
+        _config(steps=150, spatial_fraction=1.0, side_deg=90.0), portrait, model, prior=None
+    )
     taught.clips.make_clip = oracle
     taught.run()
     before, after = _novel_view_psnr(plain, model, truth), _novel_view_psnr(taught, model, truth)
