@@ -217,6 +217,13 @@ def main() -> None:
     parser.add_argument("--prior", default="embedded", help="video prior: embedded or a folder")
     parser.add_argument("--modes", nargs="+", default=["symgen", "sds", "portrait"])
     parser.add_argument("--out", type=Path, default=None, help="folder for the runs and a comparison grid")
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="Zero1toAConfig overrides (e.g. strength=0.6)",
+    )
     args = parser.parse_args()
 
     import torch.nn.functional as F  # noqa: F401
@@ -227,6 +234,7 @@ def main() -> None:
 
     model = create_head_model("anny")
     prior = VideoPrior.from_pretrained(args.prior)
+    overrides = {k: type(getattr(Zero1toAConfig(), k))(v) for k, v in (kv.split("=", 1) for kv in args.set)}
     root = args.out or Path(tempfile.mkdtemp(prefix="bench-avatar-"))
     results: dict[str, list[dict[str, float]]] = {m: [] for m in args.modes}
     grids = []
@@ -239,7 +247,7 @@ def main() -> None:
         for mode in args.modes:
             steps = 1 if mode == "portrait" else args.steps
             cfg = Zero1toAConfig(mode="symgen" if mode == "portrait" else mode, steps=steps,
-                                 portrait_steps=args.portrait_steps, seed=seed)  # fmt: skip
+                                 portrait_steps=args.portrait_steps, seed=seed, **overrides)  # fmt: skip
             run_dir = root / f"{seed}-{mode}"
             if run_dir.exists():  # a bench measures a fresh run, never a resumed one
                 import shutil
