@@ -90,7 +90,7 @@ from recon.fields.sdf import (
     laplace_density,
     logistic_density,
     neus_alpha,
-    object_centers_from_masks,
+    object_centers_from_views,
     object_mask_loss,
     uniform_box_points,
     update_sdf_occupancy,
@@ -628,8 +628,12 @@ class DPReconRun:
         self.rays = ray_table(scene, self.frame)
         ids = scene.instance_ids
         cams = self.frame.cameras(scene.cameras)
-        o, d, _ = camera_rays(cams)
-        centers = object_centers_from_masks(o, d, scene.labels(), len(ids)).clamp(-0.9, 0.9)
+        depths = None if scene.depths is None else scene.depths * self.frame.scale
+        centers, sources = object_centers_from_views(cams, scene.labels(), len(ids), depths)
+        if "depth" in sources:
+            log.info("objects %s start at their lifted depth (their mask rays cross elsewhere)",
+                     [i for i, s in zip(ids, sources) if s == "depth"])  # fmt: skip
+        centers = centers.clamp(-0.9, 0.9)
         torch.manual_seed(config.seed)
         self.field = SDFField(
             replace(config.sdf, num_objects=len(ids), object_centers=tuple(map(tuple, centers.tolist())))
