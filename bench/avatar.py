@@ -21,10 +21,13 @@ head only up to scale: a larger head farther away looks the same):
   front view): the mean absolute difference between the avatar's frame-to-frame change and the truth's
   (the warp error with the known correspondence; lower is better);
 * ``fps``: renders per second of the avatar at 256² (deform + rasterize, this machine's CPU path).
+* ``psnr_shape_bound``: the PSNR the avatar would reach with perfect colours: its renders with the
+  truth's colours pasted wherever both heads cover, so only the silhouettes' disagreement is left (the
+  shape's ceiling on ``psnr``).
 
 The last line is JSON with flat keys ``psnr, psnr_direct_sds, psnr_portrait, ssim, ssim_direct_sds,
 identity, identity_direct_sds, identity_betas, temporal, temporal_direct_sds, fps, median_s,
-median_s_direct_sds`` (medians over seeds; ``median_s``: seconds of a ``symgen`` run).
+median_s_direct_sds, psnr_shape_bound`` (medians over seeds; ``median_s``: seconds of a ``symgen`` run).
 
     python bench/avatar.py --seeds 901 902 --steps 600
 """
@@ -191,11 +194,14 @@ def score(avatar, portrait, gt: dict, model, size: int) -> dict[str, float]:
     ours, alpha = avatar_renders(avatar, portrait, model, size, sim)
     both = (cover > 0.5) & (alpha > 0.5)
     color_err = float((ours - truth).abs().mean(-1)[both].mean()) if bool(both.any()) else 1.0
+    # the avatar's shape alone: the truth's colours wherever both heads cover, the avatar's elsewhere
+    shape_only = torch.where(both[..., None], truth, ours)
     a, b = driven_pair(avatar, portrait, gt, model, size, sim)
     temporal = float(((a[1:] - a[:-1]) - (b[1:] - b[:-1])).abs().mean())
     return {
         "psnr": float(np.mean([psnr(ours[i], truth[i]) for i in range(len(truth))])),
         "ssim": float(np.mean([float(ssim(ours[i], truth[i])) for i in range(len(truth))])),
+        "psnr_shape_bound": float(np.mean([psnr(shape_only[i], truth[i]) for i in range(len(truth))])),
         "identity": 1.0 - color_err,
         "identity_betas": float((portrait.betas - gt["betas"]).pow(2).mean().sqrt()),
         "temporal": temporal,
@@ -288,6 +294,7 @@ def main() -> None:
         "fps": med("symgen", "fps"),
         "median_s": med("symgen", "seconds"),
         "median_s_direct_sds": med("sds", "seconds"),
+        "psnr_shape_bound": med("symgen", "psnr_shape_bound"),
     }
     print(json.dumps(summary))
 
