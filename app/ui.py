@@ -33,6 +33,7 @@ from app.forms import (
 from app.jobs import RunJob, list_runs, obj_zip, render_preview, run_caption, run_files
 from app.tabs.avatar import build_avatar_tab
 from app.tabs.image import build_image_tab
+from app.tabs.scene import build_scene_tab
 
 __all__ = [
     "EMBEDDED_PRIORS", "EXAMPLE_PROMPTS", "PRIOR_CHOICES", "WARM", "build_app", "check_prior_source",
@@ -67,6 +68,7 @@ def build_app(
     export_extra: dict[str, Any] | None = None,
     allowed_prior_dirs: list[str | Path] | None = None,
     avatar_config: dict[str, Any] | None = None,
+    scene_config: dict[str, Any] | None = None,
 ):
     """Builds the Gradio Blocks app.
 
@@ -78,6 +80,7 @@ def build_app(
         allowed_prior_dirs: Folders a local prior may be loaded from (``None``: anywhere, for a server
             only this machine reaches; ``sds3d app`` restricts it when ``--host`` is not local).
         avatar_config: Further ``Zero1toAConfig`` settings of the Avatar tab's runs (tests use small ones).
+        scene_config: Further ``DPReconConfig`` settings of the Scene tab's runs (tests use small ones).
 
     Returns:
         The ``gr.Blocks`` app (not launched; see :func:`launch_app`).
@@ -306,6 +309,8 @@ def build_app(
                     image_tab = build_image_tab(outputs, follow, user_error, export_extra, allowed_prior_dirs)
                 with gr.Tab("Avatar"):
                     build_avatar_tab(outputs, user_error, allowed_prior_dirs, avatar_config)
+                with gr.Tab("Scene"):
+                    build_scene_tab(outputs, user_error, scene_config)
                 status = gr.Markdown("", elem_id="status")
                 preview = gr.Image(label="Preview (turntable)", type="filepath", interactive=False)
             with gr.Column(scale=1):

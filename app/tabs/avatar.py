@@ -23,6 +23,7 @@ from typing import Any
 
 from app.commands.avatar import CHECKPOINT
 from app.jobs import RunJob
+from app.tabs.common import field_validator, stream_job
 from app.tabs.image import IMAGE_SUFFIXES, _check_source, field_error
 
 FIELDS = ("portrait", "landmarks", "mask", "mode", "steps", "portrait_steps", "seed", "video_prior",
@@ -37,7 +38,6 @@ LIMITS: dict[str, tuple[int, int]] = {
 MODES = ("symgen", "sds")
 VIDEO_PRIOR_CHOICES = ("embedded",)
 """Offered in the video prior box; a Stable Video Diffusion hub id or local diffusers folder can be typed."""
-POLL_SECONDS = 0.5
 RUN_FOLDER = "zero1toa"
 """Runs go to ``outputs/zero1toa/<portrait name>-<time>``."""
 LANDMARKS_INFO = (
@@ -218,16 +218,7 @@ def build_avatar_tab(
         return make_avatar_inputs(*values, allowed_prior_dirs=allowed_prior_dirs, avatar_config=avatar_config,
                                   read_files=read_files)  # fmt: skip
 
-    def validate_fn(*values: Any) -> list[Any]:
-        """Runs before a request is queued; a failure shows next to its field and queues nothing."""
-        from recon.errors import UserError
-
-        try:
-            form(*values)
-        except UserError as err:
-            bad = FIELDS.index(getattr(err, "field", "portrait"))
-            return [gr.validate(i != bad, str(err)) for i in range(len(FIELDS))]
-        return [gr.validate(True, "") for _ in FIELDS]
+    validate_fn = field_validator(form, FIELDS, "portrait")
 
     def avatar_fn(
         portrait: str | None, landmarks: str | None, mask: str | None, mode: str, steps: float,
@@ -268,23 +259,11 @@ def build_avatar_tab(
         total = config.portrait_steps + config.steps
         started = f"Started: `{inputs.name}`, {config.mode}, {total} steps."
         job = RunJob(target).start()
-        skip = gr.skip()
-        shown = -1
-        try:
-            yield started, skip, skip, skip  # yield often: Gradio can only cancel a generator at a yield
-            while not job.done.wait(POLL_SECONDS):
-                if state["step"] != shown:
-                    shown = state["step"]
-                    yield f"Training `{run_dir.name}`: step {shown} of {total}.", skip, skip, skip
-                else:
-                    yield skip, skip, skip, skip
-        finally:
-            if not job.done.is_set():  # the user cancelled or left: stop the worker
-                job.cancel()
-        if isinstance(job.error, UserError):
-            raise user_error(job.error)
-        if job.error is not None:
-            raise gr.Error(f"the run failed: {job.error}")
+
+        def status() -> str:
+            return f"Training `{run_dir.name}`: step {state['step']} of {total}."
+
+        yield from stream_job(job, started, status, user_error)
         yield done_outputs(run_dir)
 
     def done_outputs(run_dir: Path) -> tuple:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from app.jobs import RunJob
+from app.tabs.common import field_validator
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 """Pictures (and masks) the tab accepts; Gradio refuses other uploads before they are queued."""
@@ -316,16 +317,7 @@ def build_image_tab(
         return make_image_config(*values, allowed_prior_dirs=allowed_prior_dirs, export_extra=export_extra,
                                  check_image=check_image)  # fmt: skip
 
-    def validate_fn(*values: Any) -> list[Any]:
-        """Runs before a request is queued; a failure shows next to its field and queues nothing."""
-        from recon.errors import UserError
-
-        try:
-            form_config(*values)
-        except UserError as err:
-            bad = FIELDS.index(getattr(err, "field", "image"))
-            return [gr.validate(i != bad, str(err)) for i in range(len(FIELDS))]
-        return [gr.validate(True, "") for _ in FIELDS]
+    validate_fn = field_validator(form_config, FIELDS, "image")
 
     def image_to_3d(
         image: str | None, mask: str | None, prompt: str, steps: float, seed: float, view_prior: str,
