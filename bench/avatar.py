@@ -276,9 +276,9 @@ def main() -> None:
 
         _write_png(args.out / "grid.png", torch.cat(grids, 0))
 
-    def med(mode: str, key: str) -> float:
+    def med(mode: str, key: str) -> float | None:  # None (JSON null): the mode was not run
         vals = [r[key] for r in results.get(mode, [])]
-        return round(statistics.median(vals), 4) if vals else float("nan")
+        return round(statistics.median(vals), 4) if vals else None
 
     summary = {
         "psnr": med("symgen", "psnr"),
