@@ -14,8 +14,6 @@ Gradio is imported inside :func:`build_avatar_tab` only (the app sets its enviro
 
 from __future__ import annotations
 
-import re
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +21,9 @@ from typing import Any
 
 from app.commands.avatar import CHECKPOINT
 from app.jobs import RunJob
-from app.tabs.common import field_validator, stream_job
-from app.tabs.image import IMAGE_SUFFIXES, _check_source, field_error
+from app.tabs.common import bounded, field_error, field_validator, stream_job
+from app.tabs.common import new_run_folder as common_run_folder
+from app.tabs.image import IMAGE_SUFFIXES, _check_source
 
 FIELDS = ("portrait", "landmarks", "mask", "mode", "steps", "portrait_steps", "seed", "video_prior",
           "allow_download")  # fmt: skip
@@ -67,13 +66,7 @@ def embedded_video_dir() -> Path:
 
 
 def _bounded(field: str, name: str, value: Any) -> int:
-    from recon.errors import UserError, check_range
-
-    low, high = LIMITS[name]
-    try:
-        return check_range(name, value, low, high)
-    except UserError as err:
-        raise field_error(field, str(err)) from None
+    return bounded(field, name, value, LIMITS)
 
 
 def _suffix(field: str, path: str, suffixes: tuple[str, ...], what: str) -> None:
@@ -178,13 +171,7 @@ def read_portrait(portrait: str, landmarks: str, mask: str | None) -> tuple[Any,
 
 def new_run_folder(outputs: Path, name: str) -> Path:
     """``outputs/zero1toa/<name>-<time>`` (``-1``, ``-2``, ... when taken); not created."""
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-.") or "portrait"
-    base = Path(outputs) / RUN_FOLDER / f"{safe[:60]}-{time.strftime('%Y%m%d-%H%M%S')}"
-    folder, k = base, 0
-    while folder.exists():
-        k += 1
-        folder = base.with_name(f"{base.name}-{k}")
-    return folder
+    return common_run_folder(outputs, RUN_FOLDER, name, "portrait")
 
 
 def result_files(run_dir: Path) -> dict[str, Path | None]:

@@ -6,13 +6,48 @@ Gradio is imported inside the functions only (the app sets its environment first
 
 from __future__ import annotations
 
+import re
+import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from app.jobs import RunJob
 
 POLL_SECONDS = 0.5
 """How often a streaming run looks at its worker."""
+
+
+def field_error(field: str, message: str) -> Exception:
+    """A :class:`recon.errors.UserError` that also names the form field at fault (``err.field``)."""
+    from recon.errors import UserError
+
+    err = UserError(message)
+    err.field = field
+    return err
+
+
+def bounded(field: str, name: str, value: Any, limits: dict[str, tuple[int, int]]) -> int:
+    """``value`` as an int within ``limits[name]``; else a :func:`field_error` on ``field``."""
+    from recon.errors import UserError, check_range
+
+    low, high = limits[name]
+    try:
+        return check_range(name, value, low, high)
+    except UserError as err:
+        raise field_error(field, str(err)) from None
+
+
+def new_run_folder(outputs: str | Path, pipeline: str, name: str, fallback: str) -> Path:
+    """``outputs/<pipeline>/<name>-<time>`` (``-1``, ``-2``, ... when taken; ``fallback`` for a name with
+    nothing usable in it); not created."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-.") or fallback
+    base = Path(outputs) / pipeline / f"{safe[:60]}-{time.strftime('%Y%m%d-%H%M%S')}"
+    folder, k = base, 0
+    while folder.exists():
+        k += 1
+        folder = base.with_name(f"{base.name}-{k}")
+    return folder
 
 
 def field_validator(

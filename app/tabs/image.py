@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from app.jobs import RunJob
-from app.tabs.common import field_validator
+from app.tabs.common import bounded, field_error, field_validator
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 """Pictures (and masks) the tab accepts; Gradio refuses other uploads before they are queued."""
@@ -64,23 +64,8 @@ OUTLINE = (1.0, 0.0, 1.0)
 """Color of the mask's outline in the preview."""
 
 
-def field_error(field: str, message: str) -> Exception:
-    """A :class:`recon.errors.UserError` that also names the form field at fault (``err.field``)."""
-    from recon.errors import UserError
-
-    err = UserError(message)
-    err.field = field
-    return err
-
-
 def _bounded(field: str, name: str, value: Any) -> int:
-    from recon.errors import UserError, check_range
-
-    low, high = LIMITS[name]
-    try:
-        return check_range(name, value, low, high)
-    except UserError as err:
-        raise field_error(field, str(err)) from None
+    return bounded(field, name, value, LIMITS)
 
 
 def _check_suffix(field: str, path: str, what: str) -> None:

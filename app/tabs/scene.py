@@ -30,7 +30,6 @@ import re
 import shutil
 import stat
 import tempfile
-import time
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -38,8 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from app.jobs import RunJob
-from app.tabs.common import field_validator, stream_job
-from app.tabs.image import field_error
+from app.tabs.common import bounded, field_error, field_validator, stream_job
+from app.tabs.common import new_run_folder as common_run_folder
 
 log = logging.getLogger("sds3d.app")
 
@@ -89,13 +88,7 @@ class SceneInputs:
 
 
 def _bounded(field: str, name: str, value: Any) -> int:
-    from recon.errors import UserError, check_range
-
-    low, high = LIMITS[name]
-    try:
-        return check_range(name, value, low, high)
-    except UserError as err:
-        raise field_error(field, str(err)) from None
+    return bounded(field, name, value, LIMITS)
 
 
 # ---------------------------------------------------------------- the upload
@@ -444,13 +437,7 @@ def make_scene_inputs(
 
 def new_run_folder(outputs: Path, name: str) -> Path:
     """``outputs/dprecon/<name>-<time>`` (``-1``, ``-2``, ... when taken); not created."""
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-.") or "scene"
-    base = Path(outputs) / RUN_FOLDER / f"{safe[:60]}-{time.strftime('%Y%m%d-%H%M%S')}"
-    folder, k = base, 0
-    while folder.exists():
-        k += 1
-        folder = base.with_name(f"{base.name}-{k}")
-    return folder
+    return common_run_folder(outputs, RUN_FOLDER, name, "scene")
 
 
 def prepare_run(inputs: SceneInputs, outputs: str | Path) -> Path:
