@@ -751,6 +751,8 @@ def object_centers_from_depth(
             continue
         p = pts[mine]  # [M, 3]
         view = F.normalize(d[mine].mean(0), dim=0)
+        if len(p) > MAX_LIFTED_POINTS:  # torch.quantile takes at most 2^24 values; the stats need far fewer
+            p = p[torch.randperm(len(p), generator=torch.Generator().manual_seed(k))[:MAX_LIFTED_POINTS]]
         lateral = p - (p @ view)[:, None] * view  # the points projected on the plane across the view
         basis = torch.linalg.svd(lateral - lateral.mean(0), full_matrices=False).Vh[:2]  # [2, 3]
         across = lateral @ basis.T  # [M, 2]
@@ -779,6 +781,8 @@ def object_centers_from_depth(
     return torch.stack(centers), torch.stack(sizes), hits / max(total, 1)
 
 
+MAX_LIFTED_POINTS = 200_000
+"""Surface points per object :func:`object_centers_from_depth` keeps (a random subset beyond)."""
 METRIC_DEPTH_AGREEMENT = 0.9
 """Depth maps whose objects' surfaces agree across views at least this much are metric
 (:func:`object_centers_from_depth`: 0.96 for the DP-Recon bench rooms' depth, at most 0.80 for it
