@@ -740,7 +740,7 @@ def object_centers_from_depth(
     known = depths > 0
     pts = o + (depths / z_per_t)[..., None] * d  # [C, H, W, 3]
     C, H, W = labels.shape
-    c2w = cameras.camera_to_worlds.float()
+    viewmats, Ks = cameras.viewmats().float(), cameras.Ks().float()  # OpenCV: z forward, y down
     centers, sizes = [], []
     hits = total = 0
     for k in range(1, num_objects + 1):
@@ -766,16 +766,15 @@ def object_centers_from_depth(
             for j in views:
                 if j == i:
                     continue
-                rot, t = c2w[j, :3, :3], c2w[j, :3, 3]
-                qc = (q - t) @ rot
-                z = -qc[:, 2]
-                fx, fy = float(cameras.fx[j]), float(cameras.fy[j])
-                u = fx * qc[:, 0] / z.clamp(min=1e-6) + float(cameras.cx[j])
-                v = -fy * qc[:, 1] / z.clamp(min=1e-6) + float(cameras.cy[j])
+                qc = q @ viewmats[j, :3, :3].T + viewmats[j, :3, 3]
+                z = qc[:, 2]
+                uv = (qc @ Ks[j].T)[:, :2] / z.clamp(min=1e-6)[:, None]
+                u, v = uv.unbind(-1)
                 ok = (z > 1e-6) & (u >= 0) & (u < W) & (v >= 0) & (v < H)
                 z, ui, vi = z[ok], u[ok].long(), v[ok].long()
                 same = mine[j][vi, ui]
-                tol = (2 * z / min(fx, fy)).clamp(min=tolerance)  # two pixels' footprint at that depth
+                focal = float(min(Ks[j, 0, 0], Ks[j, 1, 1]))
+                tol = (2 * z / focal).clamp(min=tolerance)  # two pixels' footprint at that depth
                 hits += int(((z - depths[j][vi, ui]).abs() < tol)[same].sum())
                 total += int(same.sum())
     return torch.stack(centers), torch.stack(sizes), hits / max(total, 1)
