@@ -198,11 +198,6 @@ def region_color_distances(pred: Tensor, truth: Tensor, regions: list[Tensor]) -
     return torch.stack(out) if out else torch.zeros(0)
 
 
-def psnr(pred: Tensor, truth: Tensor) -> float:
-    mse = float(((pred - truth) ** 2).mean())
-    return 10.0 * torch.log10(torch.tensor(1.0 / max(mse, 1e-10))).item()
-
-
 def temporal_change(frames: Tensor) -> float:  # [T, S, S, 3] -> mean |x_{t+1} - x_t|
     return float((frames[1:] - frames[:-1]).abs().mean())
 
@@ -218,6 +213,8 @@ def landmark_error(pred: Tensor, truth: Tensor, landmarks: Tensor) -> float:
 
 def judge(pred: Tensor, clip: dict[str, Any], tolerance: float) -> dict[str, Any]:
     """Per-clip scores of a prediction ``[T, S, S, 3]`` against the clip's truth."""
+    from recon.metrics import psnr
+
     truth = clip["frames"]
     dist = region_color_distances(pred, truth, [clip["skin"], clip["hair"]])
     return {
