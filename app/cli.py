@@ -84,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(2) from None  # as tyro exits on a parse error
         return 2
     except KeyboardInterrupt:
-        print("sds3d: interrupted", file=sys.stderr)
+        kept = _clean_up_runs(runs_before)
+        print("sds3d: interrupted" + _resume_hint(command, kept), file=sys.stderr)
         return 130
     except Exception as err:  # noqa: BLE001 - the last line of defence: one line and a log, never a traceback
         kept = _clean_up_runs(runs_before)
@@ -197,6 +198,18 @@ def _clean_up_runs(before: list) -> list:
     for run in new:
         remove_incomplete_run(run)
     return [run for run in new if run.is_dir()]
+
+
+def _resume_hint(command, kept: list) -> str:
+    """``; continue it with `sds3d ... --resume RUN` `` for an interrupted run that holds a checkpoint."""
+    from pathlib import Path
+
+    hint = getattr(command, "resume_command", None)
+    resumed = getattr(command, "resume", None)
+    runs = [*kept, *([Path(resumed)] if resumed is not None else [])]
+    if hint is None or not runs or hint(runs[0]) is None:
+        return ""
+    return f"; the run is checkpointed in {runs[0]}: continue it with `{hint(runs[0])}`"
 
 
 def _log_folder(command, kept: list):

@@ -45,6 +45,50 @@ class PresetCommand:
         }
         return cls(**{**required, **values}, config=Path(name_or_path))
 
+    def resumed_pipeline(self, argv: list[str], resumable: tuple[str, ...] | None = None) -> str:
+        """The pipeline of the ``--resume`` run folder; refuses flags on the command line that conflict
+        with its ``config.yaml`` (a resumed run continues as it was started).
+
+        Args:
+            argv: The command line (to tell flags that were given from defaults).
+            resumable: Pipelines whose runs this command can resume (None: any).
+
+        Raises:
+            UserError: naming the flag, its value and the run's; or a run of a pipeline not resumable.
+        """
+        from recon.errors import UserError
+        from recon.runs import load_config
+
+        resume = self.resume  # type: ignore[attr-defined]
+        given = {arg.split("=", 1)[0].lstrip("-").replace("-", "_") for arg in argv if arg.startswith("--")}
+        if "config" in given:
+            raise UserError(
+                f"--config cannot be combined with --resume: the run's own {resume / 'config.yaml'} "
+                "is used; drop --config"
+            )
+        pipeline, settings = load_config(resume)
+        if resumable is not None and pipeline not in resumable:
+            raise UserError(
+                f"{resume} is a {pipeline} run; --resume continues {' and '.join(resumable)} runs only: "
+                "start it again without --resume"
+            )
+        if "pipeline" in given and getattr(self, "pipeline", pipeline) != pipeline:
+            raise UserError(f"--pipeline {self.pipeline} conflicts with the {pipeline} run {resume}")  # type: ignore[attr-defined]
+        if getattr(self, "prompt", None):
+            given.add("prompt")
+        for flag, setting in self.preset_fields(pipeline).items():
+            if flag not in given or setting not in settings:
+                continue
+            value, stored = getattr(self, flag), settings[setting]
+            if value != stored:
+                shown = "the prompt" if flag == "prompt" else "--" + flag.replace("_", "-")
+                raise UserError(
+                    f"{shown} {value!r} conflicts with the run's {setting} {stored!r} "
+                    f"({resume / 'config.yaml'}); --resume continues a run as it was started: drop "
+                    f"{shown}, or start a new run without --resume"
+                )
+        return pipeline
+
     def pipeline_config(self, default: Any) -> Any:
         """The preset's config (or ``default``) with this command's flags applied (flags left at
         ``None`` keep the config's value)."""

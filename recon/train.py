@@ -28,6 +28,8 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import signal
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -287,6 +289,40 @@ class Hooks:
     """Polled after every step; when it returns True the run checkpoints and raises :class:`Stopped`."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a run: the step under way was finished and checkpointed first (``run_dir``)."""
+
+    def __init__(self, run_dir: Path, step: int):
+        super().__init__(f"run interrupted at step {step}; its checkpoint is in {run_dir}")
+        self.run_dir = run_dir
+        self.step = step
+
+
+class _InterruptAtStepEnd:
+    """While active (main thread only), the first SIGINT only sets :attr:`requested`; the loop finishes
+    the step, checkpoints and raises :class:`Interrupted`. A second Ctrl-C interrupts at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.requested = True
+        signal.signal(signal.SIGINT, self._previous)  # a second Ctrl-C is not delayed
+        log.warning("interrupt: finishing the step and writing a checkpoint (Ctrl-C again to abort now)")
+
+    def __enter__(self) -> _InterruptAtStepEnd:
+        main = threading.current_thread() is threading.main_thread()
+        if main and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None and signal.getsignal(signal.SIGINT) == self._handle:
+            signal.signal(signal.SIGINT, self._previous)
+        self._previous = None
+
+
 class Stopped(Exception):  # noqa: N818 - a requested stop, not an error
     """A run stopped on request (:attr:`Hooks.should_stop`); resume it from ``run_dir``."""
 
@@ -524,13 +560,16 @@ class Trainer:
 
         Raises:
             Stopped: when :attr:`hooks` ``.should_stop`` asked for a stop (a checkpoint was written first).
+            Interrupted: on Ctrl-C (SIGINT in the main thread), once the step under way is finished and
+                checkpointed; ``load_checkpoint`` + ``fit`` continue from there.
         """
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if self.hooks.on_run_dir is not None:
             self.hooks.on_run_dir(self.run_dir)
         while self.state.stage_index < len(self.stages):
             stage = self.stages[self.state.stage_index]
-            self._run_stage(stage)
+            with _InterruptAtStepEnd() as interrupt:
+                self._run_stage(stage, interrupt)
             self.state.stage_index += 1
             self.state.stage_step = 0
             self.strategy_state = None
@@ -538,7 +577,7 @@ class Trainer:
         self.write_metrics()
         return self.state.history
 
-    def _run_stage(self, stage: Stage) -> None:
+    def _run_stage(self, stage: Stage, interrupt: _InterruptAtStepEnd | None = None) -> None:
         if stage.learning_rates is not None:
             self.learning_rates.update(stage.learning_rates)
         self.strategy = make_strategy(stage.densify, self.device) if stage.densify is not None else None
@@ -572,12 +611,16 @@ class Trainer:
                 bar.set_postfix({k: f"{v:.4g}" for k, v in losses.items()}, refresh=False)
             self.state.stage_step += 1
             bar.update(1)
-            if self.hooks.should_stop is not None and self.hooks.should_stop():
+            asked = self.hooks.should_stop is not None and self.hooks.should_stop()
+            if asked or (interrupt is not None and interrupt.requested):
                 bar.close()
                 stats["seconds"] += time.perf_counter() - started
                 self._summarise(stats, recent)
                 self.save_checkpoint()
                 self.write_metrics()
+                if not asked:
+                    log.info("interrupted at stage %s step %d", stage.name, self.state.stage_step)
+                    raise Interrupted(self.run_dir, self.global_step)
                 log.info("stopped on request at stage %s step %d", stage.name, self.state.stage_step)
                 raise Stopped(self.run_dir, self.global_step)
             if (

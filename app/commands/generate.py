@@ -105,30 +105,11 @@ class GenerateCommand(PresetCommand):
                     "--pipeline dreamcraft3d makes 3D from a picture: give it with --image PICTURE.png"
                 )
             return
-        from recon.runs import load_config
+        self.resumed_pipeline(argv)
 
-        given = {arg.split("=", 1)[0].lstrip("-").replace("-", "_") for arg in argv if arg.startswith("--")}
-        if "config" in given:
-            raise UserError(
-                f"--config cannot be combined with --resume: the run's own {self.resume / 'config.yaml'} "
-                "is used; drop --config"
-            )
-        pipeline, settings = load_config(self.resume)
-        if "pipeline" in given and self.pipeline != pipeline:
-            raise UserError(f"--pipeline {self.pipeline} conflicts with the {pipeline} run {self.resume}")
-        if self.prompt:
-            given.add("prompt")
-        for flag, setting in self.preset_fields(pipeline).items():
-            if flag not in given or setting not in settings:
-                continue
-            value, stored = getattr(self, flag), settings[setting]
-            if value != stored:
-                shown = "the prompt" if flag == "prompt" else "--" + flag.replace("_", "-")
-                raise UserError(
-                    f"{shown} {value!r} conflicts with the run's {setting} {stored!r} "
-                    f"({self.resume / 'config.yaml'}); --resume continues a run as it was started: drop "
-                    f"{shown}, or start a new run without --resume"
-                )
+    def resume_command(self, run_dir: Path) -> str:
+        """The command that continues ``run_dir`` (shown when a run is interrupted)."""
+        return f"sds3d generate --resume {run_dir}"
 
     @classmethod
     def preset_fields(cls, pipeline: str | None = None) -> dict[str, str]:

@@ -26,10 +26,15 @@ class ReconstructCommand(PresetCommand):
         "representation": "representation",
     }
 
-    input: Annotated[Path, tyro.conf.Positional] = checked(
-        path="exists", fix="pass a video, an image folder, a transforms.json or a COLMAP folder"
+    input: Annotated[Path | None, tyro.conf.Positional] = checked(
+        None, path="exists", fix="pass a video, an image folder, a transforms.json or a COLMAP folder"
     )
-    """A video (mp4, mov, ...), an image folder, a transforms.json or a COLMAP folder (sparse/0 + images)."""
+    """A video (mp4, mov, ...), an image folder, a transforms.json or a COLMAP folder (sparse/0 + images);
+    with --pipeline dprecon, a scene folder. Left out with --resume."""
+    resume: Path | None = checked(None, path="folder", fix="pass the run folder `sds3d reconstruct` printed")
+    """Continue a dprecon run in this folder from its last checkpoint, on its own scene and settings (its
+    config.yaml): --steps, --seed or --resolution that differ from it are refused. (A video_recon run is
+    not resumable: an interrupted one is removed; start it again.)"""
     config: Path | None = None
     """A preset: a YAML file or the name of one in configs/ (video-recon, dprecon); the flags you give
     override it."""
@@ -59,6 +64,32 @@ class ReconstructCommand(PresetCommand):
         from app.commands.scene import DPRECON_FIELDS
 
         return DPRECON_FIELDS if pipeline == "dprecon" else cls.PRESET_FIELDS
+
+    def check_argv(self, argv: list[str]) -> None:
+        """Exactly one of INPUT and --resume; a resumed run's flags must agree with its config.yaml.
+
+        Raises:
+            UserError: naming what to drop or add.
+        """
+        from recon.errors import UserError
+
+        if self.resume is None:
+            if self.input is None:
+                raise UserError(
+                    "give the INPUT: a video, an image folder, a transforms.json, a COLMAP folder or (with "
+                    "--pipeline dprecon) a scene folder; or --resume RUN_DIR to continue a run"
+                )
+            return
+        if self.input is not None:
+            raise UserError(
+                f"--resume continues the run on its own scene; drop INPUT {self.input} (or start a new "
+                "run without --resume)"
+            )
+        self.pipeline = self.resumed_pipeline(argv, ("dprecon",))
+
+    def resume_command(self, run_dir: Path) -> str | None:
+        """The command that continues ``run_dir`` (dprecon runs; video_recon runs are not resumable)."""
+        return f"sds3d reconstruct --resume {run_dir}" if self.pipeline == "dprecon" else None
 
     def video_config(self):
         from recon.pipelines.video_recon import VideoReconConfig

@@ -103,8 +103,11 @@ def run_dprecon(command) -> int:
         if getattr(command, flag) != default:
             raise UserError(f"--{flag.replace('_', '-')} does not apply to --pipeline dprecon; drop it")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    config = command.pipeline_config(DPReconConfig())
-    run_dir = reconstruct(command.input, config, command.out, export_result=not command.no_export)
+    if command.resume is not None:
+        run_dir = reconstruct(resume=command.resume, export_result=not command.no_export)
+    else:
+        config = command.pipeline_config(DPReconConfig())
+        run_dir = reconstruct(command.input, config, command.out, export_result=not command.no_export)
     print(f"run folder: {run_dir}")
     if not command.no_export:
         export = run_dir / "export"

@@ -234,3 +234,67 @@ def test_bad_scene_through_the_cli_is_one_error_and_writes_nothing(tmp_path, tin
     (few / "transforms.json").write_text(json.dumps(meta))
     assert main(["reconstruct", str(few), "--pipeline", "dprecon", "--out", str(out)]) == 2
     assert "at least 3 posed views" in capsys.readouterr().err and not out.exists()
+
+
+def test_ctrl_c_keeps_the_run_and_reconstruct_resume_finishes_it(tmp_path, tiny_scene, capsys, monkeypatch):
+    """Ctrl-C in the middle of the SDF stage: the step is finished and checkpointed, the CLI names the
+    command that continues it, and ``sds3d reconstruct --resume RUN`` finishes the run from there."""
+    import dataclasses
+    import os
+    import signal
+
+    import torch
+    import yaml
+
+    from app.cli import main
+    from recon.pipelines.video_recon import VideoReconConfig
+    from recon.runs import save_config
+    from recon.train import Trainer
+
+    preset = tmp_path / "tiny.yaml"
+    preset.write_text(
+        yaml.safe_dump({"pipeline": "dprecon", "config": dataclasses.asdict(_config(tiny_scene))})
+    )
+    step = Trainer._step
+
+    def ctrl_c_at_step_60(self, stage, i, progress):
+        if self.global_step == 60:
+            os.kill(os.getpid(), signal.SIGINT)
+        return step(self, stage, i, progress)
+
+    monkeypatch.setattr(Trainer, "_step", ctrl_c_at_step_60)
+    out = tmp_path / "out"
+    args = [
+        "reconstruct",
+        str(tiny_scene),
+        "--pipeline",
+        "dprecon",
+        "--config",
+        str(preset),
+        "--out",
+        str(out),
+    ]
+    assert main(args) == 130
+    [run] = list((out / "dprecon").iterdir())
+    err = capsys.readouterr().err
+    assert f"continue it with `sds3d reconstruct --resume {run}`" in err, err
+    assert torch.load(run / "ckpt" / "last.pt", weights_only=False)["stage_step"] == 61  # not the last 50
+    monkeypatch.setattr(Trainer, "_step", step)
+
+    assert main(["reconstruct", "--resume", str(run), "--steps", "7"]) == 2
+    assert "--steps 7 conflicts with the run's steps" in capsys.readouterr().err
+    assert main(["reconstruct", str(tiny_scene), "--resume", str(run)]) == 2
+    assert "drop INPUT" in capsys.readouterr().err
+    video = tmp_path / "video-run"
+    video.mkdir()
+    save_config(VideoReconConfig(), video, "video_recon")
+    assert main(["reconstruct", "--resume", str(video)]) == 2
+    assert "continues dprecon runs only" in capsys.readouterr().err
+    assert main(["reconstruct"]) == 2 and "or --resume RUN_DIR" in capsys.readouterr().err
+
+    assert main(["reconstruct", "--resume", str(run), "--no-export"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["stages"]["recon"]["steps"] == TINY["recon_steps"] and metrics["psnr_eval"]["mean"] > 14
+    assert (run / "refine" / "ckpt" / "last.pt").is_file() and sorted(os.listdir(out / "dprecon")) == [
+        run.name
+    ]

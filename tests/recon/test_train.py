@@ -144,3 +144,40 @@ def test_resume_without_checkpoint_is_a_user_error(tmp_path):
     model, stages = _setup()
     with pytest.raises(UserError, match="no checkpoint"):
         Trainer(model, stages, tmp_path, TrainConfig()).load_checkpoint()
+
+
+def test_ctrl_c_finishes_the_step_checkpoints_it_and_resumes_exactly(tmp_path):
+    import os
+    import signal
+
+    from recon.train import Interrupted
+
+    cfg = TrainConfig(seed=3, checkpoint_every=5, progress_bar=False)
+    model, stages = _setup()
+    Trainer(model, stages, tmp_path / "full", cfg).fit()
+    reference = _params(model)
+
+    model, stages = _setup()
+    trainer = Trainer(model, stages, tmp_path / "cut", cfg)
+    polls = {"n": 0}
+
+    def ctrl_c_during_step_8() -> bool:  # SIGINT arrives while step 8 is being polled (stage a)
+        polls["n"] += 1
+        if polls["n"] == 8:
+            os.kill(os.getpid(), signal.SIGINT)
+        return False
+
+    trainer.hooks = Hooks(should_stop=ctrl_c_during_step_8)
+    with pytest.raises(Interrupted) as cut:
+        trainer.fit()
+    assert isinstance(cut.value, KeyboardInterrupt) and cut.value.step == 8
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+    ckpt = torch.load(tmp_path / "cut" / "ckpt" / "last.pt", weights_only=False)
+    assert (ckpt["stage_index"], ckpt["stage_step"]) == (0, 8)  # nothing lost, not one interval
+
+    model, stages = _setup()
+    resumed = Trainer(model, stages, tmp_path / "cut", cfg)
+    resumed.load_checkpoint()
+    resumed.fit()
+    for k, v in _params(resumed.model).items():
+        assert torch.equal(v, reference[k]), k
