@@ -27,9 +27,10 @@ class ExportCommand:
     """Face budget of the mesh."""
     texture_size: int = checked(512, TEXTURE_SIZE)
     """Side of the baked texture in texels."""
-    method: Literal["auto", "marching_cubes", "tsdf"] = "auto"
-    """Surface extraction: auto = TSDF fusion of rendered depth for Gaussians, marching cubes for fields
-    (NeRF/SDF runs)."""
+    method: Literal["auto", "marching_cubes", "tsdf", "carve"] = "auto"
+    """Surface extraction: auto = space carving of the rendered silhouettes with a depth tolerance
+    (carve) for text-to-3D Gaussians, TSDF fusion of rendered depth for other Gaussian runs (video
+    reconstructions), marching cubes for fields (NeRF/SDF runs)."""
 
     def run(self) -> int:
         import logging

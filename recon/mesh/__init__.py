@@ -25,7 +25,14 @@ import torch
 from recon.errors import UserError
 from recon.mesh.bake import BakedTexture, bake_texture, dilate_texture
 from recon.mesh.cleanup import clean_mesh, keep_largest_components, simplify_mesh
-from recon.mesh.extract import DensityFn, extract_density_mesh, fuse_tsdf, grid_points
+from recon.mesh.extract import (
+    DensityFn,
+    carve_views,
+    extract_carved_mesh,
+    extract_density_mesh,
+    fuse_tsdf,
+    grid_points,
+)
 from recon.mesh.gaussian_field import GaussianDensityField, gaussian_density, gaussian_density_grid
 from recon.mesh.io import write_glb, write_obj
 from recon.mesh.raster import rasterize_uv
@@ -41,10 +48,12 @@ __all__ = [
     "RenderedViews",
     "UVMesh",
     "bake_texture",
+    "carve_views",
     "clean_mesh",
     "dilate_texture",
     "export_cameras",
     "export_mesh",
+    "extract_carved_mesh",
     "extract_density_mesh",
     "fuse_tsdf",
     "gaussian_density",
@@ -66,8 +75,9 @@ log = logging.getLogger(__name__)
 class MeshExportConfig:
     """Settings of :func:`export_mesh`."""
 
-    method: Literal["tsdf", "marching_cubes"] = "tsdf"
-    """Surface extraction: TSDF fusion of rendered depth, or marching cubes on ``density_fn``."""
+    method: Literal["tsdf", "marching_cubes", "carve"] = "tsdf"
+    """Surface extraction: TSDF fusion of rendered depth, marching cubes on ``density_fn``, or space
+    carving of the rendered silhouettes with a depth tolerance (:func:`~recon.mesh.extract.carve_views`)."""
     center: tuple[float, float, float] = (0.0, 0.0, 0.0)
     """World-space center of the object."""
     radius: float = 1.0
@@ -92,6 +102,13 @@ class MeshExportConfig:
     """TSDF: pixels with lower rendered alpha carry no depth."""
     sdf_trunc_voxels: float = 4.0
     """TSDF: truncation distance, in voxels."""
+    carve_depth_margin: float | None = None
+    """Carve: how far in front of a view's rendered depth a point may lie and stay, world units;
+    ``0.3 * radius`` when None."""
+    carve_min_votes: int = 1
+    """Carve: views that must carve a point to remove it."""
+    carve_smooth_voxels: float = 0.8
+    """Carve: Gaussian blur of the 0/1 occupancy before marching cubes, in voxels."""
     max_components: int = 1
     """Connected pieces kept after extraction, largest first (drops floaters)."""
     min_component_fraction: float = 0.1
@@ -149,8 +166,10 @@ def export_mesh(
         UserError: for a bad method, a missing density function, or an empty extraction.
     """
     cfg = replace(config or MeshExportConfig(), **overrides)
-    if cfg.method not in ("tsdf", "marching_cubes"):
-        raise UserError(f"unknown mesh extraction method {cfg.method!r}; use 'tsdf' or 'marching_cubes'")
+    if cfg.method not in ("tsdf", "marching_cubes", "carve"):
+        raise UserError(
+            f"unknown mesh extraction method {cfg.method!r}; use 'tsdf', 'marching_cubes' or 'carve'"
+        )
     if cfg.method == "marching_cubes" and density_fn is None:
         raise UserError("method='marching_cubes' needs a density_fn (e.g. GaussianDensityField of the scene)")
     started = time.perf_counter()
@@ -159,11 +178,17 @@ def export_mesh(
     )
     views = render_views(render_fn, cameras, cfg.render_chunk)
     log.info("rendered %d views at %dx%d", len(views), cfg.image_size, cfg.image_size)
+    lo = [c - cfg.radius for c in cfg.center]
+    hi = [c + cfg.radius for c in cfg.center]
     if cfg.method == "tsdf":
         raw = fuse_tsdf(views, cfg.voxel_size, cfg.sdf_trunc_voxels * cfg.voxel_size, cfg.alpha_threshold)
+    elif cfg.method == "carve":
+        margin = cfg.carve_depth_margin if cfg.carve_depth_margin is not None else 0.3 * cfg.radius
+        raw = extract_carved_mesh(
+            views, lo, hi, cfg.resolution, cfg.alpha_threshold, margin, cfg.carve_min_votes,
+            cfg.carve_smooth_voxels,
+        )  # fmt: skip
     else:
-        lo = [c - cfg.radius for c in cfg.center]
-        hi = [c + cfg.radius for c in cfg.center]
         raw = extract_density_mesh(density_fn, lo, hi, cfg.resolution, cfg.density_level)
     log.info("extracted %d faces (%s)", len(raw.faces), cfg.method)
     mesh = clean_mesh(raw, cfg.max_components, cfg.min_component_fraction)

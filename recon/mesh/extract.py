@@ -60,8 +60,6 @@ def extract_density_mesh(
     Raises:
         UserError: if the field never crosses ``level`` inside the box.
     """
-    from skimage.measure import marching_cubes
-
     if hasattr(density_fn, "sample_grid"):  # e.g. GaussianDensityField: splats onto the grid, much faster
         values = density_fn.sample_grid(bounds_min, bounds_max, resolution).float().cpu()
     else:
@@ -75,6 +73,19 @@ def extract_density_mesh(
             f"the density field never crosses level {level} in the box (range {volume.min():.3g}.."
             f"{volume.max():.3g}); lower density_level or enlarge the bounds"
         )
+    return _iso_surface(volume, bounds_min, bounds_max, resolution, level)
+
+
+def _iso_surface(
+    volume: np.ndarray,
+    bounds_min: Sequence[float],
+    bounds_max: Sequence[float],
+    resolution: int,
+    level: float,
+) -> trimesh.Trimesh:
+    """Marching cubes on a grid padded by one voxel (``resolution`` samples per axis inside the box)."""
+    from skimage.measure import marching_cubes
+
     lo = np.asarray(bounds_min, dtype=np.float64)
     step = (np.asarray(bounds_max, dtype=np.float64) - lo) / (resolution - 1)
     verts, faces, _, _ = marching_cubes(volume, level=level, spacing=tuple(step), gradient_direction="ascent")
@@ -83,6 +94,110 @@ def extract_density_mesh(
     if mesh.is_watertight and mesh.volume < 0:  # "ascent" gives outward normals here; guard anyway
         mesh.invert()
     return mesh
+
+
+@torch.no_grad()
+def carve_views(
+    views: RenderedViews,
+    bounds_min: Sequence[float],
+    bounds_max: Sequence[float],
+    resolution: int = 128,
+    alpha_threshold: float = 0.5,
+    depth_margin: float = 0.15,
+    min_votes: int = 1,
+    point_chunk: int = 1 << 18,
+) -> Tensor:
+    """Occupancy ``[R, R, R]`` (1 inside) of space carving with a depth tolerance.
+
+    A grid point is carved (free) in a view that sees it when it projects outside the view's silhouette
+    (``alpha < alpha_threshold``) or more than ``depth_margin`` in front of the view's rendered depth;
+    it is kept when fewer than ``min_votes`` views carve it. With an infinite margin this is the visual
+    hull (Laurentini 1994, https://doi.org/10.1109/34.273735); the margin carves concavities deeper than
+    it (a mug's inside) while a fuzzy surface, whose expected depth lies behind where it turns opaque,
+    is not eaten away as it is by TSDF fusion, where any view that sees a point in front of its depth
+    marks it free.
+
+    Args:
+        views: Rendered views (cameras, rgb, z-depth, alpha).
+        bounds_min: Lower corner of the box, world units.
+        bounds_max: Upper corner of the box.
+        resolution: Samples per axis.
+        alpha_threshold: Pixels with lower alpha are outside the silhouette.
+        depth_margin: How far in front of a view's depth a point may lie and stay, world units.
+        min_votes: Views that must carve a point to remove it (2+ tolerates one view's stray hole).
+        point_chunk: Grid points projected at once.
+
+    Returns:
+        The occupancy on ``grid_points(bounds_min, bounds_max, resolution)``, float 0/1.
+    """
+    points = grid_points(bounds_min, bounds_max, resolution)
+    cams = views.cameras
+    viewmats, ks = cams.viewmats().float(), cams.Ks().float()  # OpenCV: z forward, y down
+    alpha, depth = views.alpha[..., 0].float(), views.depth[..., 0].float()
+    height, width = cams.height, cams.width
+    votes = torch.zeros(len(points), dtype=torch.int32)
+    for start in range(0, len(points), point_chunk):
+        p = points[start : start + point_chunk]
+        carved = torch.zeros(len(p), dtype=torch.int32)
+        for j in range(len(cams)):
+            q = p @ viewmats[j, :3, :3].T + viewmats[j, :3, 3]
+            z = q[:, 2]
+            uv = (q @ ks[j].T)[:, :2] / z.clamp(min=1e-6)[:, None]
+            u, v = uv[:, 0].floor().long(), uv[:, 1].floor().long()
+            seen = (z > 1e-6) & (u >= 0) & (u < width) & (v >= 0) & (v < height)
+            u, v = u.clamp(0, width - 1), v.clamp(0, height - 1)
+            a, d = alpha[j, v, u], depth[j, v, u]
+            outside = a < alpha_threshold
+            in_front = torch.isfinite(d) & (z < d - depth_margin)
+            carved += (seen & (outside | in_front)).to(torch.int32)
+        votes[start : start + point_chunk] = carved
+    return (votes < min_votes).float().reshape(resolution, resolution, resolution)
+
+
+def smooth_volume(volume: Tensor, sigma_voxels: float) -> Tensor:
+    """``volume [R, R, R]`` blurred by a separable Gaussian of ``sigma_voxels`` (zero outside)."""
+    if sigma_voxels <= 0:
+        return volume
+    radius = max(1, int(3 * sigma_voxels + 0.5))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    kernel = torch.exp(-0.5 * (x / sigma_voxels) ** 2)
+    kernel = kernel / kernel.sum()
+    out = volume[None, None].float()
+    for axis in range(3):
+        shape = [1, 1, 1, 1, 1]
+        shape[2 + axis] = len(kernel)
+        padding = [0, 0, 0]
+        padding[axis] = radius
+        out = torch.nn.functional.conv3d(out, kernel.reshape(shape), padding=tuple(padding))
+    return out[0, 0]
+
+
+@torch.no_grad()
+def extract_carved_mesh(
+    views: RenderedViews,
+    bounds_min: Sequence[float],
+    bounds_max: Sequence[float],
+    resolution: int = 128,
+    alpha_threshold: float = 0.5,
+    depth_margin: float = 0.15,
+    min_votes: int = 1,
+    smooth_voxels: float = 0.8,
+) -> trimesh.Trimesh:
+    """The surface of :func:`carve_views`' occupancy, smoothed by ``smooth_voxels`` (marching cubes at 0.5).
+
+    Raises:
+        UserError: if nothing is left after carving (the views do not see the object in the box).
+    """
+    occupancy = carve_views(
+        views, bounds_min, bounds_max, resolution, alpha_threshold, depth_margin, min_votes
+    )
+    volume = np.pad(smooth_volume(occupancy, smooth_voxels).numpy(), 1, constant_values=0.0)
+    if not volume.max() > 0.5:
+        raise UserError(
+            "space carving left nothing: check that the views see the object (alpha > "
+            f"{alpha_threshold}) inside the box and that the voxels are small next to it"
+        )
+    return _iso_surface(volume, bounds_min, bounds_max, resolution, 0.5)
 
 
 def fuse_tsdf(
