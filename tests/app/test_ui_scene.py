@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.tabs import scene as tab
+from app import scene_zip
 from app.tabs.scene import (
     FIELDS,
     SceneProgress,
@@ -198,11 +198,11 @@ def test_a_bad_upload_is_a_field_error_that_names_the_fix_and_writes_nothing(
 def test_a_zip_too_large_or_with_too_many_files_is_refused(room, tmp_path, monkeypatch):
     archive = zip_folder(room, tmp_path / "room.zip")
     size = sum(i.file_size for i in zipfile.ZipFile(archive).infolist())
-    monkeypatch.setattr(tab, "MAX_UNPACKED_BYTES", size - 1)
+    monkeypatch.setattr(scene_zip, "MAX_UNPACKED_BYTES", size - 1)
     with pytest.raises(UserError, match="more than the 0 GB a scene may take; use fewer or smaller views"):
         form(archive, tmp_path / "outputs")
-    monkeypatch.setattr(tab, "MAX_UNPACKED_BYTES", size)
-    monkeypatch.setattr(tab, "MAX_MEMBERS", 5)
+    monkeypatch.setattr(scene_zip, "MAX_UNPACKED_BYTES", size)
+    monkeypatch.setattr(scene_zip, "MAX_MEMBERS", 5)
     with pytest.raises(UserError, match="more than the 5 a scene may have; zip only the scene folder"):
         form(archive, tmp_path / "outputs")
     assert not (tmp_path / "outputs").exists()
