@@ -20,6 +20,11 @@ exported ``model.glb`` is ray-cast (trimesh) from an 8-view turntable (elevation
 Usage: python bench/generate_quality.py [--n 20] [--steps 1500] [--prior embedded] [--seed 0] [--out DIR]
 Prints a table, then as its LAST line JSON {"shape_acc", "color_acc", "pattern_acc", "front_acc",
 "janus_rate_annealed", "janus_rate_fixed", "median_s", ...}.
+
+``--rejudge DIR [--method carve|tsdf|marching_cubes]`` exports the kept runs of an earlier ``--out DIR``
+again with that mesh extraction (overwriting their ``export/model.glb``) and judges them, next to the
+judge's verdict on the Gaussians' own renders from the same turntable (``gs_kind``: what a perfect
+export could reach); its last line is JSON {"shape_acc", "color_acc", "gs_shape_acc", "method", ...}.
 """
 
 from __future__ import annotations
@@ -161,9 +166,7 @@ def run_prompt(obj, args, out: Path, anneal: bool = True) -> tuple[dict, float]:
     started = time.perf_counter()
     run_dir = generate(config, out_root=out / ("annealed" if anneal else "fixed"))
     seconds = time.perf_counter() - started
-    cams = orbit_cameras(
-        TURNTABLE_VIEWS, TURNTABLE_ELEVATION, 3.0, 40.0, width=TURNTABLE_SIZE, height=TURNTABLE_SIZE
-    )
+    cams = turntable_cameras()
     images, masks = turntable_images(run_dir / "export" / "model.glb", cams)
     references = kind_references(
         None,
@@ -174,6 +177,55 @@ def run_prompt(obj, args, out: Path, anneal: bool = True) -> tuple[dict, float]:
     return judge_object(images, masks, obj, cams, references), seconds
 
 
+def turntable_cameras() -> Cameras:
+    return orbit_cameras(
+        TURNTABLE_VIEWS, TURNTABLE_ELEVATION, 3.0, 40.0, width=TURNTABLE_SIZE, height=TURNTABLE_SIZE
+    )
+
+
+def rejudge(root: Path, method: str) -> None:
+    """Re-exports (``method``) and judges every run kept under ``root``; the Gaussians' renders too."""
+    from priors.embedded.judge import kind_references
+    from recon.data.objects import caption, vocabulary
+    from recon.render import render_gaussians
+    from recon.runs import export_run, load_config, load_model
+
+    cams = turntable_cameras()
+    references = kind_references(
+        None,
+        elevations_deg=(TURNTABLE_ELEVATION,),
+        azimuths_deg=tuple(float(a) for a in cams.azimuth_deg.tolist()),
+        resolution=TURNTABLE_SIZE,
+    )
+    objects = {caption(o): o for o in vocabulary()}
+    runs = sorted(p.parent for p in root.glob("annealed/*/*/config.yaml"))
+    rows = []
+    print(f"{'prompt':<40}{'kind':>10}{'iou':>6}{'colour':>8}{'gs kind':>10}{'gs iou':>7}")
+    for run in runs:
+        obj = objects[load_config(run)[1]["prompt"]]
+        export_run(run, formats=("glb",), method=method)
+        mesh = judge_object(*turntable_images(run / "export" / "model.glb", cams), obj, cams, references)
+        with torch.no_grad():
+            out = render_gaussians(load_model(run), cams, background=1.0)
+        images = out.rgb.clamp(0, 1).permute(0, 3, 1, 2).contiguous()
+        gs = judge_object(images, out.alpha[..., 0] > 0.5, obj, cams, references)
+        rows.append({"object": obj, "mesh": mesh, "gs": gs})
+        print(
+            f"{caption(obj):<40}{mesh['pred_kind']:>10}{mesh['iou']:>6.2f}{mesh['pred_color']:>8}"
+            f"{gs['pred_kind']:>10}{gs['iou']:>7.2f}"
+        )
+    n = max(len(rows), 1)
+    result = {
+        "shape_acc": round(sum(r["mesh"]["pred_kind"] == r["object"].kind for r in rows) / n, 3),
+        "color_acc": round(sum(r["mesh"]["color_ok"] for r in rows) / n, 3),
+        "gs_shape_acc": round(sum(r["gs"]["pred_kind"] == r["object"].kind for r in rows) / n, 3),
+        "gs_color_acc": round(sum(r["gs"]["color_ok"] for r in rows) / n, 3),
+        "runs": len(rows),
+        "method": method,
+    }
+    print(json.dumps(result))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=20, help="number of prompts")
@@ -181,7 +233,12 @@ def main() -> None:
     parser.add_argument("--prior", default="embedded")
     parser.add_argument("--seed", type=int, default=0, help="seed of the prompt choice and of the runs")
     parser.add_argument("--out", type=Path, default=None, help="keep the runs here (default: a temp dir)")
+    parser.add_argument("--rejudge", type=Path, default=None, help="re-export and judge the runs kept here")
+    parser.add_argument("--method", default="carve", choices=("carve", "tsdf", "marching_cubes"))
     args = parser.parse_args()
+    if args.rejudge is not None:
+        rejudge(args.rejudge, args.method)
+        return
     from recon.data.objects import KIND_SPECS, caption
 
     out = args.out or Path(tempfile.mkdtemp(prefix="sds3d-quality-"))
