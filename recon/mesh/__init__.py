@@ -109,6 +109,8 @@ class MeshExportConfig:
     """Carve: views that must carve a point to remove it."""
     carve_smooth_voxels: float = 0.8
     """Carve: Gaussian blur of the 0/1 occupancy before marching cubes, in voxels."""
+    carve_dilate_pixels: int = 0
+    """Carve: grow each view's alpha by this many pixels first (keeps parts one pixel wide)."""
     max_components: int = 1
     """Connected pieces kept after extraction, largest first (drops floaters)."""
     min_component_fraction: float = 0.1
@@ -186,7 +188,7 @@ def export_mesh(
         margin = cfg.carve_depth_margin if cfg.carve_depth_margin is not None else 0.3 * cfg.radius
         raw = extract_carved_mesh(
             views, lo, hi, cfg.resolution, cfg.alpha_threshold, margin, cfg.carve_min_votes,
-            cfg.carve_smooth_voxels,
+            cfg.carve_smooth_voxels, cfg.carve_dilate_pixels,
         )  # fmt: skip
     else:
         raw = extract_density_mesh(density_fn, lo, hi, cfg.resolution, cfg.density_level)

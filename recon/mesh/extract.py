@@ -105,6 +105,7 @@ def carve_views(
     alpha_threshold: float = 0.5,
     depth_margin: float = 0.15,
     min_votes: int = 1,
+    dilate_pixels: int = 0,
     point_chunk: int = 1 << 18,
 ) -> Tensor:
     """Occupancy ``[R, R, R]`` (1 inside) of space carving with a depth tolerance.
@@ -125,6 +126,8 @@ def carve_views(
         alpha_threshold: Pixels with lower alpha are outside the silhouette.
         depth_margin: How far in front of a view's depth a point may lie and stay, world units.
         min_votes: Views that must carve a point to remove it (2+ tolerates one view's stray hole).
+        dilate_pixels: Grow each view's alpha by this many pixels (max filter) first, so that a part one
+            pixel wide (a chair's leg) covers the grid points next to it.
         point_chunk: Grid points projected at once.
 
     Returns:
@@ -134,6 +137,9 @@ def carve_views(
     cams = views.cameras
     viewmats, ks = cams.viewmats().float(), cams.Ks().float()  # OpenCV: z forward, y down
     alpha, depth = views.alpha[..., 0].float(), views.depth[..., 0].float()
+    if dilate_pixels > 0:
+        k = 2 * dilate_pixels + 1
+        alpha = torch.nn.functional.max_pool2d(alpha[:, None], k, stride=1, padding=dilate_pixels)[:, 0]
     height, width = cams.height, cams.width
     votes = torch.zeros(len(points), dtype=torch.int32)
     for start in range(0, len(points), point_chunk):
@@ -182,6 +188,7 @@ def extract_carved_mesh(
     depth_margin: float = 0.15,
     min_votes: int = 1,
     smooth_voxels: float = 0.8,
+    dilate_pixels: int = 0,
 ) -> trimesh.Trimesh:
     """The surface of :func:`carve_views`' occupancy, smoothed by ``smooth_voxels`` (marching cubes at 0.5).
 
@@ -189,7 +196,7 @@ def extract_carved_mesh(
         UserError: if nothing is left after carving (the views do not see the object in the box).
     """
     occupancy = carve_views(
-        views, bounds_min, bounds_max, resolution, alpha_threshold, depth_margin, min_votes
+        views, bounds_min, bounds_max, resolution, alpha_threshold, depth_margin, min_votes, dilate_pixels
     )
     volume = np.pad(smooth_volume(occupancy, smooth_voxels).numpy(), 1, constant_values=0.0)
     if not volume.max() > 0.5:
