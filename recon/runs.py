@@ -311,9 +311,9 @@ CARVED_PIPELINES = ("stabledreamer",)
 """Pipelines whose Gaussian runs export by space carving (``method="carve"``) by default: text-to-3D
 objects, whose many small, soft Gaussians render an expected depth behind the surface where they turn
 opaque. TSDF fusion let every view carve away what lay in front of that depth and lost thin parts (on
-20 runs of ``bench/generate_quality.py``: kind accuracy of the GLB 0.45 with TSDF, 0.80 carved, 0.85
-for the Gaussians' own renders). Video reconstructions keep TSDF: their scenes are not one object
-inside the export box."""
+20 runs of ``bench/generate_quality.py``: kind accuracy of the GLB 0.45 with TSDF, 0.85 carved, as for
+the Gaussians' own renders). Video reconstructions keep TSDF: their scenes are not one object inside
+the export box."""
 
 
 def export_run(
