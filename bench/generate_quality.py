@@ -152,7 +152,6 @@ def judge_object(images: torch.Tensor, masks: torch.Tensor, obj, cams: Cameras, 
 
 def run_prompt(obj, args, out: Path, anneal: bool = True) -> tuple[dict, float]:
     """Generates one object with StableDreamer and judges its GLB."""
-    from priors.embedded.judge import kind_references
     from recon.data.objects import caption
     from recon.pipelines import generate
     from recon.pipelines.stabledreamer import StableDreamerConfig
@@ -168,12 +167,7 @@ def run_prompt(obj, args, out: Path, anneal: bool = True) -> tuple[dict, float]:
     seconds = time.perf_counter() - started
     cams = turntable_cameras()
     images, masks = turntable_images(run_dir / "export" / "model.glb", cams)
-    references = kind_references(
-        None,
-        elevations_deg=(TURNTABLE_ELEVATION,),
-        azimuths_deg=tuple(float(a) for a in cams.azimuth_deg.tolist()),
-        resolution=TURNTABLE_SIZE,
-    )
+    references = turntable_references(cams)
     return judge_object(images, masks, obj, cams, references), seconds
 
 
@@ -183,20 +177,24 @@ def turntable_cameras() -> Cameras:
     )
 
 
+def turntable_references(cams: Cameras):
+    """Every kind rendered from the turntable's cameras (the judge's references)."""
+    from priors.embedded.judge import kind_references
+
+    azimuths = tuple(float(a) for a in cams.azimuth_deg.tolist())
+    return kind_references(
+        None, elevations_deg=(TURNTABLE_ELEVATION,), azimuths_deg=azimuths, resolution=TURNTABLE_SIZE
+    )
+
+
 def rejudge(root: Path, method: str) -> None:
     """Re-exports (``method``) and judges every run kept under ``root``; the Gaussians' renders too."""
-    from priors.embedded.judge import kind_references
     from recon.data.objects import caption, vocabulary
     from recon.render import render_gaussians
     from recon.runs import export_run, load_config, load_model
 
     cams = turntable_cameras()
-    references = kind_references(
-        None,
-        elevations_deg=(TURNTABLE_ELEVATION,),
-        azimuths_deg=tuple(float(a) for a in cams.azimuth_deg.tolist()),
-        resolution=TURNTABLE_SIZE,
-    )
+    references = turntable_references(cams)
     objects = {caption(o): o for o in vocabulary()}
     runs = sorted(p.parent for p in root.glob("annealed/*/*/config.yaml"))
     rows = []

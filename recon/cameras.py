@@ -137,6 +137,20 @@ def opencv_viewmat_to_opengl_c2w(viewmats: Tensor) -> Tensor:
     return torch.linalg.inv(viewmats) @ _GL_TO_CV.to(viewmats)
 
 
+def project_points(
+    points: Tensor, viewmat: Tensor, K: Tensor, width: int, height: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """World points ``[N, 3]`` into one view: ``(uv [N, 2] pixel coordinates (x right, y down, pixel
+    centres at i + 0.5), z [N] depth along the view axis, inside [N]: in front of the camera and in the
+    image)``. ``viewmat``/``K``: one row of :meth:`Cameras.viewmats` / :meth:`Cameras.Ks` (OpenCV)."""
+    q = points @ viewmat[:3, :3].T + viewmat[:3, 3]
+    z = q[:, 2]
+    uv = (q @ K.T)[:, :2] / z.clamp(min=1e-6)[:, None]
+    u, v = uv.unbind(-1)
+    inside = (z > 1e-6) & (u >= 0) & (u < width) & (v >= 0) & (v < height)
+    return uv, z, inside
+
+
 def focal_from_fov(fov_deg: Tensor | float, size: int) -> Tensor:
     """Focal length in pixels for a field of view (degrees) across ``size`` pixels."""
     fov = torch.as_tensor(fov_deg, dtype=torch.float32)

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from recon.cameras import project_points
 from recon.errors import checked
 from recon.fields.base import FieldSample, plain_config
 from recon.fields.encoding import DenseGridEncoding, HashGridEncoding, total_variation
@@ -766,12 +767,8 @@ def object_centers_from_depth(
             for j in views:
                 if j == i:
                     continue
-                qc = q @ viewmats[j, :3, :3].T + viewmats[j, :3, 3]
-                z = qc[:, 2]
-                uv = (qc @ Ks[j].T)[:, :2] / z.clamp(min=1e-6)[:, None]
-                u, v = uv.unbind(-1)
-                ok = (z > 1e-6) & (u >= 0) & (u < W) & (v >= 0) & (v < H)
-                z, ui, vi = z[ok], u[ok].long(), v[ok].long()
+                uv, z, ok = project_points(q, viewmats[j], Ks[j], W, H)
+                z, ui, vi = z[ok], uv[ok, 0].long(), uv[ok, 1].long()
                 same = mine[j][vi, ui]
                 focal = float(min(Ks[j, 0, 0], Ks[j, 1, 1]))
                 tol = (2 * z / focal).clamp(min=tolerance)  # two pixels' footprint at that depth

@@ -16,6 +16,7 @@ import torch
 import trimesh
 from torch import Tensor
 
+from recon.cameras import project_points
 from recon.errors import UserError
 from recon.mesh.views import RenderedViews
 
@@ -146,12 +147,9 @@ def carve_views(
         p = points[start : start + point_chunk]
         carved = torch.zeros(len(p), dtype=torch.int32)
         for j in range(len(cams)):
-            q = p @ viewmats[j, :3, :3].T + viewmats[j, :3, 3]
-            z = q[:, 2]
-            uv = (q @ ks[j].T)[:, :2] / z.clamp(min=1e-6)[:, None]
-            u, v = uv[:, 0].floor().long(), uv[:, 1].floor().long()
-            seen = (z > 1e-6) & (u >= 0) & (u < width) & (v >= 0) & (v < height)
-            u, v = u.clamp(0, width - 1), v.clamp(0, height - 1)
+            uv, z, seen = project_points(p, viewmats[j], ks[j], width, height)
+            u = uv[:, 0].floor().long().clamp(0, width - 1)
+            v = uv[:, 1].floor().long().clamp(0, height - 1)
             a, d = alpha[j, v, u], depth[j, v, u]
             outside = a < alpha_threshold
             in_front = torch.isfinite(d) & (z < d - depth_margin)

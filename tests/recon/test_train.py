@@ -59,6 +59,16 @@ def _params(model):
     return {k: v.detach().clone() for k, v in model.splats.items()}
 
 
+def _assert_resumes_exactly(run_dir, cfg: TrainConfig, reference: dict) -> None:
+    """A fresh setup resumed from ``run_dir``'s checkpoint ends with exactly ``reference``'s parameters."""
+    model, stages = _setup()
+    resumed = Trainer(model, stages, run_dir, cfg)
+    resumed.load_checkpoint()
+    resumed.fit()
+    for k, v in _params(resumed.model).items():
+        assert torch.equal(v, reference[k]), k
+
+
 @pytest.mark.parametrize("densify", [False, True])
 def test_killed_run_resumes_exactly(tmp_path, densify):
     cfg = TrainConfig(seed=3, checkpoint_every=5, progress_bar=False)
@@ -117,12 +127,7 @@ def test_stop_request_checkpoints_and_resumes_exactly(tmp_path):
     ckpt = torch.load(tmp_path / "stopped" / "ckpt" / "last.pt", weights_only=False)
     assert (ckpt["stage_index"], ckpt["stage_step"]) == (1, 2)  # nothing lost
 
-    model, stages = _setup()
-    resumed = Trainer(model, stages, tmp_path / "stopped", cfg)
-    resumed.load_checkpoint()
-    resumed.fit()
-    for k, v in _params(resumed.model).items():
-        assert torch.equal(v, reference[k]), k
+    _assert_resumes_exactly(tmp_path / "stopped", cfg, reference)
 
 
 def test_nan_step_is_skipped_and_not_checkpointed(tmp_path):
@@ -175,9 +180,4 @@ def test_ctrl_c_finishes_the_step_checkpoints_it_and_resumes_exactly(tmp_path):
     ckpt = torch.load(tmp_path / "cut" / "ckpt" / "last.pt", weights_only=False)
     assert (ckpt["stage_index"], ckpt["stage_step"]) == (0, 8)  # nothing lost, not one interval
 
-    model, stages = _setup()
-    resumed = Trainer(model, stages, tmp_path / "cut", cfg)
-    resumed.load_checkpoint()
-    resumed.fit()
-    for k, v in _params(resumed.model).items():
-        assert torch.equal(v, reference[k]), k
+    _assert_resumes_exactly(tmp_path / "cut", cfg, reference)
