@@ -894,6 +894,7 @@ def extract_sdf_mesh(
     object_index: int | None = None,
     bounds: tuple[Sequence[float], Sequence[float]] | None = None,
     chunk_size: int = 65536,
+    level: float = 0.0,
 ):
     """Marching cubes on the zero level set of the scene SDF, or of one object's channel.
 
@@ -903,6 +904,7 @@ def extract_sdf_mesh(
         object_index: Channel to extract (``k`` for object ``k``, 0 the background); None for the scene.
         bounds: ``(lo, hi)`` corners of the sampled box (default: the field's box).
         chunk_size: Points per SDF call.
+        level: The SDF value of the extracted surface (0: the zero level set; < 0 a thinner surface).
 
     Returns:
         A ``trimesh.Trimesh`` with outward normals; it goes on through
@@ -921,7 +923,7 @@ def extract_sdf_mesh(
     try:
         offset = 1.0
         fn = sdf_density_fn(field, object_index, offset)
-        return extract_density_mesh(fn, bounds[0], bounds[1], resolution, offset, chunk_size)
+        return extract_density_mesh(fn, bounds[0], bounds[1], resolution, offset - level, chunk_size)
     finally:
         field.train(was_training)
 
