@@ -77,9 +77,10 @@ class PresetCommand:
         if getattr(self, "prompt", None):
             given.add("prompt")
         for flag, setting in self.preset_fields(pipeline).items():
-            if flag not in given or setting not in settings:
+            stored = _dotted(settings, setting)
+            if flag not in given or stored is _MISSING:
                 continue
-            value, stored = getattr(self, flag), settings[setting]
+            value = getattr(self, flag)
             if value != stored:
                 shown = "the prompt" if flag == "prompt" else "--" + flag.replace("_", "-")
                 raise UserError(
@@ -129,3 +130,16 @@ def preset_default(argv: list[str], commands: dict[str, type]) -> Any | None:
         return None
     name = flag_value(argv, "--config")
     return None if name is None else commands[argv[0]].from_preset(name)
+
+
+_MISSING = object()
+
+
+def _dotted(settings: dict, key: str):
+    """``settings["scene"]["resolution"]`` for ``"scene.resolution"``; :data:`_MISSING` if absent."""
+    value: object = settings
+    for part in key.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return _MISSING
+        value = value[part]
+    return value

@@ -1,11 +1,12 @@
 """Reliability under kills and load (issue #18, 4c and 5): a kill soak and an attack on the app.
 
 * **Kill soak.** ``sds3d generate`` and ``sds3d reconstruct`` are killed with SIGKILL at seeded random
-  moments (during start-up, training, checkpointing or export) and continued: a generate run with
-  ``--resume RUN`` (from its last checkpoint), a reconstruct run by running it again (``reconstruct``
-  has no ``--resume``). After each kill every file in ``export/`` must be whole (read back by the
-  project's loaders); after each continuation the run must finish with a whole export. Steps lost =
-  the step the killed process had reached (its progress bar) minus the step the resume started from.
+  moments (during start-up, training, checkpointing or export) and continued with ``--resume RUN``
+  (from its last checkpoint); a run killed before its folder could be resumed (a generate before its
+  config.yaml, a reconstruct before its posed frames' ``scene.pt``) is run again. After each kill
+  every file in ``export/`` must be whole (read back by the project's loaders); after each
+  continuation the run must finish with a whole export. Steps lost = the step the killed process had
+  reached (its progress bar) minus the step the resume started from.
 * **App under load and attack.** The Gradio app on 127.0.0.1, ``clients`` concurrent clients for
   ``seconds``: tiny generate jobs, bad form values, uploads of the wrong type and over the size limit,
   so the queue (4 places) overflows; every request must get an answer (a result or an error message)
@@ -171,7 +172,9 @@ def kill_trials(kind: str, trials: int, seed: int, root: Path) -> list[dict[str,
         reached = reached_step(log.read_text())
         if kind == "generate" and run is not None and (run / "config.yaml").is_file():
             again = [*sds3d(), "generate", "--resume", str(run), *SMALL_EXPORT]
-        else:  # reconstruct has no --resume; a generate killed before its folder had a config starts anew
+        elif kind == "reconstruct" and run is not None and (run / "scene.pt").is_file():
+            again = [*sds3d(), "reconstruct", "--resume", str(run)]
+        else:  # killed before its folder could be resumed: starts anew
             again = first
         resume_log = root / f"{kind}-{trial}-resume.log"
         before_again = set(out.glob(pattern))
@@ -212,7 +215,8 @@ def kill_soak(trials: int, seed: int, root: Path) -> dict[str, Any]:
     return {
         "kill_trials": len(everything),
         "kill_resumed": sum(t["finished"] for t in everything),
-        "max_steps_lost": max((t["steps_lost"] for t in generate), default=0),
+        "max_steps_lost": max((t["steps_lost"] for t in everything if t["resumed"]), default=0),
+        "reconstruct_resumed": sum(t["resumed"] for t in reconstruct),
         "partial_exports": sum(len(t["partial_after_kill"]) for t in everything),
         "broken_after_finish": sum(len(t["broken_after_finish"]) for t in everything),
         "kill_killed": sum(t["killed"] for t in everything),

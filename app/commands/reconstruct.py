@@ -32,9 +32,9 @@ class ReconstructCommand(PresetCommand):
     """A video (mp4, mov, ...), an image folder, a transforms.json or a COLMAP folder (sparse/0 + images);
     with --pipeline dprecon, a scene folder. Left out with --resume."""
     resume: Path | None = checked(None, path="folder", fix="pass the run folder `sds3d reconstruct` printed")
-    """Continue a dprecon run in this folder from its last checkpoint, on its own scene and settings (its
-    config.yaml): --steps, --seed or --resolution that differ from it are refused. (A video_recon run is
-    not resumable: an interrupted one is removed; start it again.)"""
+    """Continue a run in this folder from its last checkpoint, on its own scene (a video_recon run keeps
+    its posed frames) and settings (its config.yaml): --steps, --seed or --resolution that differ from
+    it are refused."""
     config: Path | None = None
     """A preset: a YAML file or the name of one in configs/ (video-recon, dprecon); the flags you give
     override it."""
@@ -85,11 +85,11 @@ class ReconstructCommand(PresetCommand):
                 f"--resume continues the run on its own scene; drop INPUT {self.input} (or start a new "
                 "run without --resume)"
             )
-        self.pipeline = self.resumed_pipeline(argv, ("dprecon",))
+        self.pipeline = self.resumed_pipeline(argv, ("dprecon", "video_recon"))
 
     def resume_command(self, run_dir: Path) -> str | None:
-        """The command that continues ``run_dir`` (dprecon runs; video_recon runs are not resumable)."""
-        return f"sds3d reconstruct --resume {run_dir}" if self.pipeline == "dprecon" else None
+        """The command that continues ``run_dir``."""
+        return f"sds3d reconstruct --resume {run_dir}"
 
     def video_config(self):
         from recon.pipelines.video_recon import VideoReconConfig
@@ -106,7 +106,10 @@ class ReconstructCommand(PresetCommand):
         from recon.pipelines.video_recon import reconstruct
 
         logging.basicConfig(level=logging.INFO, format="%(message)s")
-        run_dir = reconstruct(self.input, self.video_config(), self.out, export=not self.no_export)
+        if self.resume is not None:
+            run_dir = reconstruct(resume=self.resume, export=not self.no_export)
+        else:
+            run_dir = reconstruct(self.input, self.video_config(), self.out, export=not self.no_export)
         print(f"run folder: {run_dir}")
         if not self.no_export:
             print(f"mesh: {run_dir / 'export' / 'model.glb'}")

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import math
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -420,47 +419,118 @@ def validate(config: VideoReconConfig) -> None:
         raise UserError("the SDS term renders Gaussians; set sds_weight 0 or use --representation gaussians")
 
 
+SCENE_FILE = "scene.pt"
+"""The run's exact cameras and SfM points (its images are ``transforms.json`` + ``images/``), for resuming."""
+
+
+def quantized(scene: SceneData) -> SceneData:
+    """The scene with its images rounded to 8 bits: what the run's ``images/`` PNGs hold, so a resumed
+    run trains on exactly the targets the first one did."""
+    from dataclasses import replace
+
+    return replace(scene, images=torch.round(scene.images * 255) / 255)
+
+
+def save_run_scene(run_dir: Path, scene: SceneData) -> None:
+    """Writes the posed images (``transforms.json`` + ``images/``) and :data:`SCENE_FILE`."""
+    from recon.atomic import atomic_torch_save
+
+    write_transforms(run_dir / "transforms.json", scene)
+    atomic_torch_save(
+        {"cameras": scene.cameras, "points": scene.points, "point_colors": scene.point_colors},
+        run_dir / SCENE_FILE,
+    )
+
+
+def load_run_scene(run_dir: Path, config: VideoReconConfig) -> SceneData:
+    """The scene a run was started on, from its folder (:func:`save_run_scene`).
+
+    Raises:
+        UserError: when the folder lacks the files (a run of an older version, or damaged).
+    """
+    from dataclasses import replace
+
+    from recon.data.datasets import load_transforms
+
+    path = run_dir / SCENE_FILE
+    if not path.is_file() or not (run_dir / "transforms.json").is_file():
+        raise UserError(
+            f"{run_dir} has no {SCENE_FILE} or transforms.json to resume from (a run of an older sds3d, or "
+            "damaged); start it again from its input"
+        )
+    saved = torch.load(path, map_location="cpu", weights_only=False)
+    scene = load_transforms(run_dir / "transforms.json", 0, config.background)
+    if len(scene) != len(saved["cameras"]):
+        raise UserError(f"{run_dir}: transforms.json and {SCENE_FILE} disagree; start the run again")
+    return replace(
+        scene, cameras=saved["cameras"], points=saved["points"], point_colors=saved["point_colors"]
+    )
+
+
 def reconstruct(
-    source: str | Path,
+    source: str | Path | None = None,
     config: VideoReconConfig | None = None,
     out_root: str | Path = "outputs",
     run_dir: str | Path | None = None,
     export: bool = True,
     hooks: Hooks | None = None,
+    resume: str | Path | None = None,
 ) -> Path:
     """Input (video, image folder, transforms.json, COLMAP folder) → fitted Gaussians → export.
 
     The run folder is created only once the input has been loaded and posed, so a bad input leaves
-    nothing behind; a run that fails later is removed too. ``hooks`` (:class:`recon.train.Hooks`)
-    report the run folder and checkpoints and can stop the run: :class:`recon.train.Stopped` is
-    raised and, like any failure, the unfinished run folder is removed.
+    nothing behind. ``hooks`` (:class:`recon.train.Hooks`) report the run folder and checkpoints and
+    can stop the run (:class:`recon.train.Stopped`). A run that fails or is stopped before its first
+    checkpoint is removed; one with a checkpoint is kept, and ``resume=RUN_DIR`` continues it from its
+    own copy of the posed images (``transforms.json``, ``images/``, :data:`SCENE_FILE`) and
+    ``config.yaml``.
 
     Returns:
-        The run folder (``config.yaml``, ``transforms.json`` + ``images/``, ``ckpt/last.pt``,
-        ``metrics.json``, ``export/``).
+        The run folder (``config.yaml``, ``transforms.json`` + ``images/``, ``scene.pt``,
+        ``ckpt/last.pt``, ``metrics.json``, ``export/``).
     """
-    config = config or VideoReconConfig()
-    validate(config)
+    from recon import runs
+
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="sds3d-recon-") as work:
-        scene = load_scene(source, config.scene, Path(work))
+    if resume is not None:
+        run_dir = Path(resume)
+        pipeline, data = runs.load_config(run_dir)
+        if pipeline != "video_recon":
+            raise UserError(f"{run_dir} is a {pipeline} run; resume it with its own command")
+        config = runs.config_from_dict(VideoReconConfig, data)
+        validate(config)
+        scene = load_run_scene(run_dir, config)
+    else:
+        if source is None:
+            raise UserError("give the input: a video, an image folder, a transforms.json or a COLMAP folder")
+        config = config or VideoReconConfig()
+        validate(config)
+        with tempfile.TemporaryDirectory(prefix="sds3d-recon-") as work:
+            scene = quantized(load_scene(source, config.scene, Path(work)))
     train_idx, test_idx = split_views(len(scene), config.holdout_every)
-    planned = (
-        Path(run_dir) if run_dir is not None else new_run_dir(out_root, "video_recon", Path(source).stem)
-    )
+    if resume is not None:
+        planned = run_dir
+    else:
+        planned = (
+            Path(run_dir) if run_dir is not None else new_run_dir(out_root, "video_recon", Path(source).stem)
+        )
     trainer = build_trainer(scene, train_idx, config, planned)
     if hooks is not None:
         trainer.hooks = hooks
     bg = config.background
-    if run_dir is not None:
+    if resume is not None:
+        if trainer.checkpoint_path.is_file():
+            trainer.load_checkpoint()
+    elif run_dir is not None:
         planned.mkdir(parents=True, exist_ok=False)
         run_dir = planned
     else:  # atomic and collision-free: two runs of one video in one second get two folders
         run_dir = create_run_dir(out_root, "video_recon", Path(source).stem)
         trainer.run_dir = run_dir
     try:
-        save_config(config, run_dir, "video_recon")
-        write_transforms(run_dir / "transforms.json", scene)
+        if resume is None:
+            save_config(config, run_dir, "video_recon")
+            save_run_scene(run_dir, scene)
         trainer.fit()
         options = evaluation_options(trainer, config)
         metrics = {
@@ -487,7 +557,8 @@ def reconstruct(
                 image_size=config.export_image_size, n_views=config.export_views, radius=radius,
             )  # fmt: skip
     except BaseException:
-        shutil.rmtree(run_dir, ignore_errors=True)
+        if resume is None:
+            runs.remove_incomplete_run(run_dir)
         raise
     return run_dir
 

@@ -79,4 +79,5 @@ def test_reconstruct_reports_its_folder_and_checkpoints_and_stops(tmp_path):
     assert run_dir.parent == tmp_path / "out" / "video_recon" and stop.value.run_dir == run_dir
     # Checkpoints at 10 and 20; the poll after step 21 (the first to see two) stops and checkpoints there.
     assert seen["ckpt"] == [(10, True), (20, True), (21, True)] and stop.value.step == 21
-    assert not run_dir.exists()  # reconstruct has no --resume: like a failed run, its folder is removed
+    # The stopped run is kept, with the posed frames it resumes from (tests/recon/test_video_recon_resume.py).
+    assert (run_dir / "ckpt" / "last.pt").is_file() and (run_dir / "transforms.json").is_file()
