@@ -588,6 +588,24 @@ def floater_points(field: SDFField, resolution: int = 64, min_fraction: float = 
     return grid[chosen]
 
 
+class FloaterCache(torch.nn.Module):
+    """The floaters the sculpt stage pushes out (:func:`floater_points`), kept in the checkpoint so a
+    resumed run pushes the very points the uninterrupted run did until their next search."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("points", torch.zeros(0, 3))
+        self.register_buffer("found", torch.zeros((), dtype=torch.bool))
+
+    def set(self, points: torch.Tensor) -> None:
+        self.points = points.to(self.points.device)
+        self.found = torch.ones((), dtype=torch.bool, device=self.points.device)
+
+    def load_state_dict(self, state: dict[str, Any], strict: bool = True, assign: bool = False):
+        self.points = state["points"].to(self.points.device)  # any number of points
+        self.found = state["found"].to(self.points.device)
+
+
 LEVEL_CANDIDATES = tuple(round(0.01 * k, 2) for k in range(-5, 6))
 """Offsets from ``mesh_level`` that :func:`fit_mesh_level` tries (SDF units; the box is ±1)."""
 
@@ -681,22 +699,22 @@ def build_trainer(config: DreamCraft3DConfig, priors: LoadedPriors, run_dir: str
     def update_coarse_occupancy(m, step: int) -> None:
         occ_coarse.update(m["coarse"], step, step_size=coarse_step, warmup_steps=64, every_n=8, generator=gen)
 
-    floaters: dict[str, torch.Tensor] = {}
+    floaters = FloaterCache()
 
     def update_sdf_occ(m, step: int) -> None:
         if step % 8 == 0:
             update_sdf_occupancy(occ_sdf, m["sdf"])
         if config.floater_every and step % config.floater_every == 0:
-            floaters["points"] = floater_points(m["sdf"], min_fraction=config.floater_fraction)
+            floaters.set(floater_points(m["sdf"], min_fraction=config.floater_fraction))
 
     def floater_loss(ctx: StepContext):
         # Pushes the SDF positive (outside) at the floaters' cells; found at the stage's first step
-        # and every floater_every steps (recomputed after a resume: they follow from the field).
+        # and every floater_every steps.
         if not config.floater_every:
             return ctx.render.rgb.sum() * 0.0
-        if "points" not in floaters:
-            floaters["points"] = floater_points(ctx.model["sdf"], min_fraction=config.floater_fraction)
-        points = floaters["points"]
+        if not bool(floaters.found):
+            floaters.set(floater_points(ctx.model["sdf"], min_fraction=config.floater_fraction))
+        points = floaters.points
         if not len(points):
             return ctx.render.rgb.sum() * 0.0
         return F.softplus(-20.0 * ctx.model["sdf"].sdf(points)).mean()
@@ -761,7 +779,7 @@ def build_trainer(config: DreamCraft3DConfig, priors: LoadedPriors, run_dir: str
     )  # fmt: skip
     geometry = Trainer(
         {"coarse": coarse, "sdf": sdf}, stages, run_dir, train_config,
-        state={"occupancy_coarse": occ_coarse, "occupancy_sdf": occ_sdf},
+        state={"occupancy_coarse": occ_coarse, "occupancy_sdf": occ_sdf, "floaters": floaters},
     )  # fmt: skip
     return DreamCraft3DRun(config, priors, Path(run_dir), geometry)
 

@@ -196,6 +196,44 @@ def test_short_image_to_3d_run_fits_the_reference_and_exports_a_uv_mesh(tmp_path
     assert json.loads((run / "texture" / "metrics.json").read_text()) == metrics
 
 
+def test_sculpt_with_floaters_resumes_exactly(tmp_path, monkeypatch):
+    """Stopped in the sculpt stage between two floater searches, resumed: the SDF of an uninterrupted run
+    (the floaters found before the stop are in the checkpoint, not searched again on the changed field)."""
+    from recon.pipelines import dreamcraft3d
+    from recon.pipelines.dreamcraft3d import build_trainer, load_priors
+    from recon.train import Hooks, Stopped
+
+    def found(field, resolution=64, min_fraction=0.05):  # a short run has no floaters: points that
+        with torch.no_grad():  # depend on the field's current state stand in for them
+            points = torch.linspace(-0.3, 0.3, 15).reshape(5, 3)
+            return points * (1 + field.sdf(points).mean())
+
+    monkeypatch.setattr(dreamcraft3d, "floater_points", found)
+
+    image = _reference_png(tmp_path / "cone.png")
+    cfg = DreamCraft3DConfig(
+        image=str(image), view_prior="none", reference_size=32, resolution=32, coarse_steps=10,
+        sdf_init_steps=4, sculpt_steps=20, texture_steps=0, nerf_samples=24, sdf_samples=24,
+        floater_every=7, progress_bar=False, checkpoint_every=1000,
+    )  # fmt: skip
+    priors = load_priors(cfg)
+    straight = build_trainer(cfg, priors, tmp_path / "a").geometry
+    straight.fit()
+    first = build_trainer(cfg, priors, tmp_path / "b").geometry
+    # After sculpt step 11: floaters were searched at sculpt steps 0 and 7, the next search is at 14.
+    first.hooks = Hooks(should_stop=lambda: first.state.stage_index == 2 and first.state.stage_step == 11)
+    with pytest.raises(Stopped):
+        first.fit()
+    resumed = build_trainer(cfg, priors, tmp_path / "b").geometry
+    resumed.load_checkpoint()
+    resumed.fit()
+    for name in ("coarse", "sdf"):
+        a, b = straight.modules[name].state_dict(), resumed.modules[name].state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    fa, fb = straight.extra_state["floaters"], resumed.extra_state["floaters"]
+    assert bool(fa.found) and torch.equal(fa.points, fb.points)
+
+
 @pytest.mark.parametrize(
     "args, needle",
     [
