@@ -285,11 +285,11 @@ def test_ctrl_c_keeps_the_run_and_reconstruct_resume_finishes_it(tmp_path, tiny_
     assert "--steps 7 conflicts with the run's steps" in capsys.readouterr().err
     assert main(["reconstruct", str(tiny_scene), "--resume", str(run)]) == 2
     assert "drop INPUT" in capsys.readouterr().err
-    video = tmp_path / "video-run"
+    video = tmp_path / "video-run"  # a video_recon run that lacks its posed frames
     video.mkdir()
     save_config(VideoReconConfig(), video, "video_recon")
     assert main(["reconstruct", "--resume", str(video)]) == 2
-    assert "continues dprecon runs only" in capsys.readouterr().err
+    assert "has no scene.pt or transforms.json to resume from" in capsys.readouterr().err
     assert main(["reconstruct"]) == 2 and "or --resume RUN_DIR" in capsys.readouterr().err
 
     assert main(["reconstruct", "--resume", str(run), "--no-export"]) == 0
