@@ -480,10 +480,10 @@ def reconstruct(
 
     The run folder is created only once the input has been loaded and posed, so a bad input leaves
     nothing behind. ``hooks`` (:class:`recon.train.Hooks`) report the run folder and checkpoints and
-    can stop the run (:class:`recon.train.Stopped`). A run that fails or is stopped before its first
-    checkpoint is removed; one with a checkpoint is kept, and ``resume=RUN_DIR`` continues it from its
-    own copy of the posed images (``transforms.json``, ``images/``, :data:`SCENE_FILE`) and
-    ``config.yaml``.
+    can stop the run (:class:`recon.train.Stopped`). A run that fails before its first checkpoint is
+    removed; a stopped or interrupted one (both checkpoint first) or one that fails later is kept, and
+    ``resume=RUN_DIR`` continues it from its own copy of the posed images (``transforms.json``,
+    ``images/``, :data:`SCENE_FILE`) and ``config.yaml``.
 
     Returns:
         The run folder (``config.yaml``, ``transforms.json`` + ``images/``, ``scene.pt``,
