@@ -535,6 +535,8 @@ class Trainer:
                 )
                 self.aux_optimizers[name].load_state_dict(payload["auxiliaries"][name]["optimizer"])
             for name, module in self.extra_state.items():
+                if name not in payload["extra_state"] and getattr(module, "optional_in_checkpoint", False):
+                    continue  # a state the run can do without (a checkpoint of an older version)
                 module.load_state_dict(payload["extra_state"][name])
                 module.to(self.device)
         except (KeyError, RuntimeError, ValueError) as err:

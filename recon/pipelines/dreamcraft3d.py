@@ -590,7 +590,10 @@ def floater_points(field: SDFField, resolution: int = 64, min_fraction: float = 
 
 class FloaterCache(torch.nn.Module):
     """The floaters the sculpt stage pushes out (:func:`floater_points`), kept in the checkpoint so a
-    resumed run pushes the very points the uninterrupted run did until their next search."""
+    resumed run pushes the very points the uninterrupted run did until their next search. A checkpoint
+    without it (an older version's) still resumes: the floaters are then searched again at once."""
+
+    optional_in_checkpoint = True
 
     def __init__(self) -> None:
         super().__init__()

@@ -232,6 +232,14 @@ def test_sculpt_with_floaters_resumes_exactly(tmp_path, monkeypatch):
         assert all(torch.equal(a[k], b[k]) for k in a), name
     fa, fb = straight.extra_state["floaters"], resumed.extra_state["floaters"]
     assert bool(fa.found) and torch.equal(fa.points, fb.points)
+    # A checkpoint of an older version, without the floaters, still resumes (searching them again).
+    path = resumed.checkpoint_path
+    payload = torch.load(path, weights_only=False)
+    del payload["extra_state"]["floaters"]
+    torch.save(payload, path)
+    older = build_trainer(cfg, priors, tmp_path / "b").geometry
+    older.load_checkpoint()
+    assert not bool(older.extra_state["floaters"].found)
 
 
 @pytest.mark.parametrize(
