@@ -258,6 +258,18 @@ def load_config(run_dir: str | Path) -> tuple[str, dict[str, Any]]:
     return read_pipeline_yaml(path)
 
 
+def resumed_config(run_dir: str | Path, pipeline: str, config_cls: type) -> Any:
+    """The settings of ``run_dir``, a ``pipeline`` run about to be resumed, as a ``config_cls``.
+
+    Raises:
+        UserError: the folder is not a run, or a run of another pipeline.
+    """
+    found, data = load_config(run_dir)
+    if found != pipeline:
+        raise UserError(f"{run_dir} is a {found} run; resume it with its own command")
+    return config_from_dict(config_cls, data)
+
+
 def read_pipeline_yaml(path: Path) -> tuple[str, dict[str, Any]]:
     """``{pipeline: NAME, config: {...}}`` from a run's config.yaml or a preset.
 

@@ -998,10 +998,7 @@ def reconstruct(
 
     if resume is not None:
         run_dir = Path(resume)
-        pipeline, data = runs.load_config(run_dir)
-        if pipeline != "dprecon":
-            raise UserError(f"{run_dir} is a {pipeline} run; resume it with its own command")
-        config = runs.config_from_dict(DPReconConfig, data)
+        config = runs.resumed_config(run_dir, "dprecon", DPReconConfig)
     else:
         config = config or DPReconConfig()
         if scene is not None:

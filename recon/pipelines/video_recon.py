@@ -494,10 +494,7 @@ def reconstruct(
     started = time.perf_counter()
     if resume is not None:
         run_dir = Path(resume)
-        pipeline, data = runs.load_config(run_dir)
-        if pipeline != "video_recon":
-            raise UserError(f"{run_dir} is a {pipeline} run; resume it with its own command")
-        config = runs.config_from_dict(VideoReconConfig, data)
+        config = runs.resumed_config(run_dir, "video_recon", VideoReconConfig)
         validate(config)
         scene = load_run_scene(run_dir, config)
     else:
