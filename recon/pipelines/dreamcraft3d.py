@@ -615,8 +615,9 @@ LEVEL_CANDIDATES = tuple(round(0.01 * k, 2) for k in range(-5, 6))
 
 def fit_mesh_level(
     field: SDFField, resolution: int, mask: torch.Tensor, camera: Cameras, center: float = 0.0
-) -> float:
-    """The iso-level whose mesh best matches the reference picture's outline (silhouette IoU).
+) -> tuple[float, Any]:
+    """The iso-level whose mesh best matches the reference picture's outline (silhouette IoU), and that
+    cleaned mesh (``None`` when no candidate level has a surface).
 
     The volume render that the reference loss trains turns opaque a little off the SDF's zero level
     (NeuS' logistic density has width), so the zero level's mesh can overhang the outline (a mug's
@@ -630,7 +631,7 @@ def fit_mesh_level(
     from recon.render.mesh_raster import rasterize_mesh
 
     target = (mask > 0.5).to(field.aabb.device)
-    best, best_iou = center, -1.0
+    best, best_iou, best_mesh = center, -1.0, None
     for offset in sorted(LEVEL_CANDIDATES, key=abs):
         level = center + offset
         try:
@@ -643,9 +644,9 @@ def fit_mesh_level(
         covered = covered.mask[0].to(target.device)
         iou = float((covered & target).sum()) / max(float((covered | target).sum()), 1.0)
         if iou > best_iou + 1e-6:
-            best, best_iou = level, iou
+            best, best_iou, best_mesh = level, iou, mesh
     log.info("mesh level %.2f: silhouette IoU %.4f with the reference", best, best_iou)
-    return best
+    return best, best_mesh
 
 
 # ---------------------------------------------------------------------- the geometry trainer
@@ -838,16 +839,17 @@ class DreamCraft3DRun:
         sdf = self.geometry.model["sdf"] if c.sculpt_steps or c.sdf_init_steps else None
         if sdf is None:
             raise UserError("the texture stage needs an SDF: set --sdf-init-steps or --sculpt-steps above 0")
-        level = c.mesh_level
-        if c.fit_mesh_level:
-            level = fit_mesh_level(
+        mesh = None
+        if c.fit_mesh_level:  # the fit meshes every candidate level: keep the chosen one's mesh
+            _, mesh = fit_mesh_level(
                 sdf,
                 c.mesh_resolution,
                 self.priors.reference.mask,
                 reference_camera(c, c.reference_size),
                 c.mesh_level,
             )
-        mesh = clean_mesh(extract_sdf_mesh(sdf, c.mesh_resolution, level=level))
+        if mesh is None:
+            mesh = clean_mesh(extract_sdf_mesh(sdf, c.mesh_resolution, level=c.mesh_level))
         textured = TexturedMesh.from_trimesh(mesh, texture_size=c.texture_size, max_faces=c.max_faces)
         cameras = export_cameras(c.bake_views, radius=1.1, image_size=c.bake_size)
         occupancy = OccupancyGrid(sdf.aabb, 64).to(sdf.aabb.device)  # the SDF's device (a CUDA run)

@@ -128,8 +128,10 @@ def test_fit_mesh_level_finds_the_level_of_the_pictures_outline():
         .mask[0]
         .float()
     )
-    assert fit_mesh_level(_TwoSpheres(False), 96, mask, camera) == pytest.approx(-0.03, abs=0.011)
-    assert fit_mesh_level(picture, 96, mask, camera) == 0.0  # already right: the zero level stays
+    level, mesh = fit_mesh_level(_TwoSpheres(False), 96, mask, camera)
+    assert level == pytest.approx(-0.03, abs=0.011)
+    assert len(mesh.faces) > 0
+    assert fit_mesh_level(picture, 96, mask, camera)[0] == 0.0  # already right: the zero level stays
 
 
 def test_floater_points_are_the_small_pieces_only():
