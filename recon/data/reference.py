@@ -18,6 +18,7 @@ Everything returned is square, ``size × size``, the object composited on white.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from recon.cameras import cameras_from_spherical
 from recon.errors import UserError, check_range
 
 Segmentation = Literal["auto", "alpha", "background", "rembg"]
@@ -308,3 +310,74 @@ def depth_correlation_loss(pred: Tensor, ref: Tensor, mask: Tensor) -> Tensor:
     p = p - p.mean()
     r = r - r.mean()
     return 1.0 - (p * r).sum() / (p.norm() * r.norm()).clamp_min(1e-8)
+
+
+PRIMITIVE_MARGIN = 0.03
+"""How much better (silhouette IoU) a world kind must fit the reference than the best primitive to win."""
+
+
+def caption_reference(reference, min_iou: float = 0.6) -> str:
+    """A caption of the embedded vocabulary for the reference ("a red cone", "a green mug"), or "" if unsure.
+
+    Two judges, the better silhouette wins, a primitive unless the world's kind beats it by
+    :data:`PRIMITIVE_MARGIN` (the simpler shape on a near tie): the primitive whose silhouette — rendered
+    side-on from several elevations and azimuths and recentred like the reference
+    (:func:`recenter`) — overlaps the reference's mask best, coloured with the nearest
+    palette hue; and the embedded world's judge (:func:`priors.embedded.judge.caption_image_scored`: every
+    kind, its colours and pattern). The primitives alone called a mug "a green cube"; the world judge alone
+    called a sphere seen from the front "a yellow dumbbell" (IoU 0.968 against the sphere's 0.966).
+    """
+    from priors.embedded.judge import caption_image_scored
+
+    primitive, primitive_iou = _primitive_caption(reference)
+    world, world_iou = caption_image_scored(reference.rgb, reference.mask)
+    world_wins = bool(world) and world_iou > primitive_iou + PRIMITIVE_MARGIN
+    text, iou = (world, world_iou) if world_wins else (primitive, primitive_iou)
+    return text if iou >= min_iou and text else ""
+
+
+def _primitive_caption(reference) -> tuple[str, float]:
+    """The best primitive's caption ("" when no palette colour fits) and its silhouette IoU."""
+    from priors.embedded.judge import judge_colors
+    from recon.data.procedural import COLORS, SHAPES
+
+    fill = _mask_fill(reference.mask > 0.5)
+    refs = _recentred_silhouettes(round(fill, 2))  # [S, V, 32, 32]
+    mask = F.interpolate(reference.mask[None, None].float(), size=(32, 32), mode="area")[0, 0] > 0.5
+    inter = (refs & mask).flatten(2).sum(-1).float()
+    union = (refs | mask).flatten(2).sum(-1).float().clamp_min(1)
+    iou, _ = (inter / union).max(-1)  # [S]
+    best = int(iou.argmax())
+    image = F.interpolate(reference.rgb.permute(2, 0, 1)[None], size=(32, 32), mode="area")
+    color = int(judge_colors(image)[0])
+    if color < 0:
+        return "", float(iou[best])
+    return f"a {list(COLORS)[color]} {SHAPES[best]}", float(iou[best])
+
+
+def _mask_fill(mask: torch.Tensor) -> float:
+    rows, cols = torch.nonzero(mask, as_tuple=True)
+    side = max(int(rows.max() - rows.min()) + 1, int(cols.max() - cols.min()) + 1)
+    return side / mask.shape[0]
+
+
+@functools.lru_cache(maxsize=4)
+def _recentred_silhouettes(fill: float) -> torch.Tensor:
+    """``[S, V, 32, 32]`` bool silhouettes of every primitive, recentred to ``fill`` of the frame."""
+    import itertools
+
+    from recon.data.procedural import SHAPES, render_primitive
+
+    grid = list(itertools.product((-10.0, 0.0, 10.0, 20.0), (0.0, 20.0, 45.0)))
+    el, az = (torch.tensor(v) for v in zip(*grid))
+    ones = torch.ones(len(grid))
+    cams = cameras_from_spherical(el, az, ones * 3.0, ones * 40.0, 64, 64)
+    out = []
+    for shape in SHAPES:
+        alpha = render_primitive(shape, "red", cams)[1][..., 0].numpy()
+        views = []
+        for a in alpha:
+            _, m = recenter(np.ones((*a.shape, 3), np.float32), a, 32, fill)
+            views.append(m > 0.5)
+        out.append(torch.stack(views))
+    return torch.stack(out)

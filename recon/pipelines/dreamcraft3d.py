@@ -26,13 +26,11 @@ geometry is done). Both checkpoint and resume.
 
 from __future__ import annotations
 
-import functools
 import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -40,6 +38,7 @@ from priors import resolve_prior_name
 from priors.model import PromptConditioning
 from priors.sds import SDSConfig, SDSLoss
 from recon.cameras import Cameras, cameras_from_spherical, view_direction_words
+from recon.data.reference import caption_reference
 from recon.device import resolve, resolve_device
 from recon.errors import (
     CHECKPOINT_EVERY,
@@ -56,6 +55,7 @@ from recon.errors import (
 )
 from recon.fields import DensityField, DensityFieldConfig, SDFField, SDFFieldConfig
 from recon.fields.sdf import extract_sdf_mesh, uniform_box_points, update_sdf_occupancy
+from recon.mesh.sdf_fit import FloaterCache, fit_mesh_level, floater_points
 from recon.render.volume import OccupancyGrid, render_field
 from recon.train import Hooks, LearningRate, LossTerm, Stage, StepContext, TrainConfig, Trainer
 
@@ -156,7 +156,7 @@ class DreamCraft3DConfig:
     """SDF value of the textured mesh's surface (or the centre of the search below)."""
     fit_mesh_level: bool = True
     """Pick the level within ±0.05 of ``mesh_level`` whose mesh matches the picture's outline best
-    (:func:`fit_mesh_level`; a mug: 12 → 0 of 64² pixels off the outline, 22.7 → 24.2 dB at the reference)."""
+    (:func:`recon.mesh.sdf_fit.fit_mesh_level`; a mug: 12 → 0 of 64² pixels off the outline, 22.7 → 24.2 dB at the reference)."""
     texture_size: int = checked(256, TEXTURE_SIZE)
     max_faces: int = checked(20_000, FACES)
     texture_lr: float = checked(5e-3, LEARNING_RATE)
@@ -276,78 +276,6 @@ def load_priors(config: DreamCraft3DConfig) -> LoadedPriors:
             " and the view-conditioned prior" if view is not None else "",
         )
     return LoadedPriors(reference, text if prompt else None, view, texture, prompt)
-
-
-PRIMITIVE_MARGIN = 0.03
-"""How much better (silhouette IoU) a world kind must fit the reference than the best primitive to win."""
-
-
-def caption_reference(reference, min_iou: float = 0.6) -> str:
-    """A caption of the embedded vocabulary for the reference ("a red cone", "a green mug"), or "" if unsure.
-
-    Two judges, the better silhouette wins, a primitive unless the world's kind beats it by
-    :data:`PRIMITIVE_MARGIN` (the simpler shape on a near tie): the primitive whose silhouette — rendered
-    side-on from several elevations and azimuths and recentred like the reference
-    (:func:`recon.data.reference.recenter`) — overlaps the reference's mask best, coloured with the nearest
-    palette hue; and the embedded world's judge (:func:`priors.embedded.judge.caption_image_scored`: every
-    kind, its colours and pattern). The primitives alone called a mug "a green cube"; the world judge alone
-    called a sphere seen from the front "a yellow dumbbell" (IoU 0.968 against the sphere's 0.966).
-    """
-    from priors.embedded.judge import caption_image_scored
-
-    primitive, primitive_iou = _primitive_caption(reference)
-    world, world_iou = caption_image_scored(reference.rgb, reference.mask)
-    world_wins = bool(world) and world_iou > primitive_iou + PRIMITIVE_MARGIN
-    text, iou = (world, world_iou) if world_wins else (primitive, primitive_iou)
-    return text if iou >= min_iou and text else ""
-
-
-def _primitive_caption(reference) -> tuple[str, float]:
-    """The best primitive's caption ("" when no palette colour fits) and its silhouette IoU."""
-    from priors.embedded.judge import judge_colors
-    from recon.data.procedural import COLORS, SHAPES
-
-    fill = _mask_fill(reference.mask > 0.5)
-    refs = _recentred_silhouettes(round(fill, 2))  # [S, V, 32, 32]
-    mask = F.interpolate(reference.mask[None, None].float(), size=(32, 32), mode="area")[0, 0] > 0.5
-    inter = (refs & mask).flatten(2).sum(-1).float()
-    union = (refs | mask).flatten(2).sum(-1).float().clamp_min(1)
-    iou, _ = (inter / union).max(-1)  # [S]
-    best = int(iou.argmax())
-    image = F.interpolate(reference.rgb.permute(2, 0, 1)[None], size=(32, 32), mode="area")
-    color = int(judge_colors(image)[0])
-    if color < 0:
-        return "", float(iou[best])
-    return f"a {list(COLORS)[color]} {SHAPES[best]}", float(iou[best])
-
-
-def _mask_fill(mask: torch.Tensor) -> float:
-    rows, cols = torch.nonzero(mask, as_tuple=True)
-    side = max(int(rows.max() - rows.min()) + 1, int(cols.max() - cols.min()) + 1)
-    return side / mask.shape[0]
-
-
-@functools.lru_cache(maxsize=4)
-def _recentred_silhouettes(fill: float) -> torch.Tensor:
-    """``[S, V, 32, 32]`` bool silhouettes of every primitive, recentred to ``fill`` of the frame."""
-    import itertools
-
-    from recon.data.procedural import SHAPES, render_primitive
-    from recon.data.reference import recenter
-
-    grid = list(itertools.product((-10.0, 0.0, 10.0, 20.0), (0.0, 20.0, 45.0)))
-    el, az = (torch.tensor(v) for v in zip(*grid))
-    ones = torch.ones(len(grid))
-    cams = cameras_from_spherical(el, az, ones * 3.0, ones * 40.0, 64, 64)
-    out = []
-    for shape in SHAPES:
-        alpha = render_primitive(shape, "red", cams)[1][..., 0].numpy()
-        views = []
-        for a in alpha:
-            _, m = recenter(np.ones((*a.shape, 3), np.float32), a, 32, fill)
-            views.append(m > 0.5)
-        out.append(torch.stack(views))
-    return torch.stack(out)
 
 
 def check_prompt(config: DreamCraft3DConfig, priors: LoadedPriors) -> None:
@@ -558,95 +486,6 @@ def _timestep_schedule(config: DreamCraft3DConfig, steps: int, released: bool):
         return 0.7 + (0.2 - 0.7) * a, 0.85 + (0.5 - 0.85) * a
 
     return schedule
-
-
-@torch.no_grad()
-def floater_points(field: SDFField, resolution: int = 64, min_fraction: float = 0.05) -> torch.Tensor:
-    """``[N, 3]`` grid points inside the SDF (``s < 0``) that lie in small pieces (floaters).
-
-    The inside of the SDF sampled on a ``resolution³`` grid over its box is split into 26-connected
-    pieces; those with fewer than ``min_fraction`` of the largest piece's cells are floaters. The
-    reference view grows them near the camera to fill the picture's outline where the body falls
-    short (a mug: 20 pieces of ≤ 0.1 % beside the body; the body alone then missed 35 of the
-    reference mask's pixels, with them 12).
-    """
-    from scipy import ndimage
-
-    aabb = field.aabb.detach()
-    lin = [
-        torch.linspace(float(aabb[i]), float(aabb[i + 3]), resolution, device=aabb.device) for i in range(3)
-    ]
-    grid = torch.stack(torch.meshgrid(*lin, indexing="ij"), -1).reshape(-1, 3)
-    values = torch.cat([field.sdf(chunk).reshape(-1) for chunk in grid.split(65536)])
-    inside = (values < 0).reshape(resolution, resolution, resolution).cpu().numpy()
-    labels, count = ndimage.label(inside, structure=np.ones((3, 3, 3)))
-    if count <= 1:
-        return grid[:0]
-    sizes = np.bincount(labels.ravel())[1:]
-    small = np.flatnonzero(sizes < min_fraction * sizes.max()) + 1
-    chosen = torch.from_numpy(np.isin(labels, small).reshape(-1)).to(grid.device)
-    return grid[chosen]
-
-
-class FloaterCache(torch.nn.Module):
-    """The floaters the sculpt stage pushes out (:func:`floater_points`), kept in the checkpoint so a
-    resumed run pushes the very points the uninterrupted run did until their next search. A checkpoint
-    without it (an older version's) still resumes: the floaters are then searched again at once."""
-
-    optional_in_checkpoint = True
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.register_buffer("points", torch.zeros(0, 3))
-        self.register_buffer("found", torch.zeros((), dtype=torch.bool))
-
-    def set(self, points: torch.Tensor) -> None:
-        self.points = points.to(self.points.device)
-        self.found = torch.ones((), dtype=torch.bool, device=self.points.device)
-
-    def load_state_dict(self, state: dict[str, Any], strict: bool = True, assign: bool = False):
-        self.points = state["points"].to(self.points.device)  # any number of points
-        self.found = state["found"].to(self.points.device)
-
-
-LEVEL_CANDIDATES = tuple(round(0.01 * k, 2) for k in range(-5, 6))
-"""Offsets from ``mesh_level`` that :func:`fit_mesh_level` tries (SDF units; the box is ±1)."""
-
-
-def fit_mesh_level(
-    field: SDFField, resolution: int, mask: torch.Tensor, camera: Cameras, center: float = 0.0
-) -> tuple[float, Any]:
-    """The iso-level whose mesh best matches the reference picture's outline (silhouette IoU), and that
-    cleaned mesh (``None`` when no candidate level has a surface).
-
-    The volume render that the reference loss trains turns opaque a little off the SDF's zero level
-    (NeuS' logistic density has width), so the zero level's mesh can overhang the outline (a mug's
-    handle hole: 12 of 64² pixels too many at level 0, none at −0.02). Each candidate level
-    ``center + LEVEL_CANDIDATES`` is meshed and cleaned as the texture stage will have it
-    (:func:`recon.mesh.cleanup.clean_mesh`: the raw mesh's stray pieces can cover the outline that the
-    kept piece misses) and rasterized from the reference camera; the best IoU wins, the level nearest
-    ``center`` on a tie.
-    """
-    from recon.mesh.cleanup import clean_mesh
-    from recon.render.mesh_raster import rasterize_mesh
-
-    target = (mask > 0.5).to(field.aabb.device)
-    best, best_iou, best_mesh = center, -1.0, None
-    for offset in sorted(LEVEL_CANDIDATES, key=abs):
-        level = center + offset
-        try:
-            mesh = clean_mesh(extract_sdf_mesh(field, resolution, level=level))
-        except UserError:  # no surface at this level
-            continue
-        vertices = torch.as_tensor(mesh.vertices, dtype=torch.float32, device=target.device)
-        faces = torch.as_tensor(mesh.faces, dtype=torch.long, device=target.device)
-        covered = rasterize_mesh(vertices, faces, camera)
-        covered = covered.mask[0].to(target.device)
-        iou = float((covered & target).sum()) / max(float((covered | target).sum()), 1.0)
-        if iou > best_iou + 1e-6:
-            best, best_iou, best_mesh = level, iou, mesh
-    log.info("mesh level %.2f: silhouette IoU %.4f with the reference", best, best_iou)
-    return best, best_mesh
 
 
 # ---------------------------------------------------------------------- the geometry trainer

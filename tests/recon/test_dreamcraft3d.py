@@ -11,16 +11,10 @@ from PIL import Image
 
 from recon.cameras import cameras_from_spherical
 from recon.data.procedural import render_primitive
+from recon.data.reference import caption_reference
+from recon.mesh.sdf_fit import fit_mesh_level, floater_points
 from recon.pipelines import generate
-from recon.pipelines.dreamcraft3d import (
-    DreamCraft3DConfig,
-    caption_reference,
-    fit_mesh_level,
-    floater_points,
-    reference_albedo,
-    reference_camera,
-    stage_steps,
-)
+from recon.pipelines.dreamcraft3d import DreamCraft3DConfig, reference_albedo, reference_camera, stage_steps
 
 
 def _reference_png(path, shape="cone", color="red", size=96):
