@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import shutil
 import signal
@@ -28,6 +29,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -55,6 +57,11 @@ class ViewTrainConfig:
     seed: int = 0
     lr: float = 4e-4
     warmup_steps: int = 200
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    """``cosine``: after the warm-up the rate decays to 0 at ``max_steps`` (set ``max_steps``)."""
+    init: Path | None = None
+    """An exported folder (this trainer's layout) whose weights start a new run: a fine-tune. Ignored
+    when ``out`` holds a checkpoint (the run resumes instead)."""
     ema_decay: float = 0.998
     checkpoint_minutes: float = 5.0
     threads: int = 1
@@ -116,9 +123,34 @@ class ViewTrainer:
         self.ckpt_path = cfg.out / "ckpt" / "state.pt"
         if self.ckpt_path.is_file():
             self._load(self.ckpt_path)
+        elif cfg.init is not None:
+            self._init_from(Path(cfg.init))
         entries = [list(e) for e in self.bank.entries]
         if not self.phases or self.phases[-1]["entries"] != entries:
             self.phases.append({"from_step": self.step, "entries": entries})
+
+    def _init_from(self, folder: Path) -> None:
+        """Starts from the weights of an export (a fine-tune); the record goes into ``phases``."""
+        from safetensors.torch import load_file
+
+        files = {
+            "unet": folder / "unet" / "diffusion_pytorch_model.safetensors",
+            "encoder": folder / "image_encoder" / "model.safetensors",
+            "proj": folder / "clip_camera_projection" / "diffusion_pytorch_model.safetensors",
+        }
+        missing = [str(f) for f in files.values() if not f.is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"--init {folder}: not an export of this trainer (missing {', '.join(missing)}); "
+                "give a folder written by priors.embedded.train_view (e.g. assets/embedded-view)"
+            )
+        for name, path in files.items():
+            self.modules[name].load_state_dict(load_file(str(path)))
+        self.ema.load_state_dict(self.modules.state_dict())
+        meta_path = folder / "embedded.json"
+        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        record = {"init": str(folder), "init_steps": meta.get("steps"), "from_step": 0, "entries": None}
+        self.phases.append(record)
 
     def _request_stop(self, signum: int, frame: object) -> None:
         self._stop = True
@@ -219,7 +251,12 @@ class ViewTrainer:
         return ref, tgt, pose
 
     def _lr(self) -> float:
-        return self.cfg.lr * min(1.0, (self.step + 1) / self.cfg.warmup_steps)
+        cfg = self.cfg
+        rate = cfg.lr * min(1.0, (self.step + 1) / cfg.warmup_steps)
+        if cfg.lr_schedule == "cosine" and self.step >= cfg.warmup_steps:
+            span = max(1, cfg.max_steps - cfg.warmup_steps)
+            rate *= 0.5 * (1.0 + math.cos(math.pi * min(1.0, (self.step - cfg.warmup_steps) / span)))
+        return rate
 
     def train_step(self) -> float:
         cfg, g = self.cfg, self.generator

@@ -453,6 +453,30 @@ def test_embedded_training_lowers_the_loss_on_a_fixed_batch(tmp_path):
     assert losses[-1] < 0.5 * losses[0], losses  # measured 0.92 -> 0.20
 
 
+def test_embedded_fine_tune_starts_from_an_export_and_decays_its_rate(tmp_path):
+    source = _tiny_trainer(tmp_path / "source")
+    for _ in range(2):
+        source.train_step()
+    source.export(tmp_path / "export")
+    tuned = _tiny_trainer(tmp_path / "tuned", init=tmp_path / "export", lr=1e-3, warmup_steps=2,
+                          lr_schedule="cosine", max_steps=10)  # fmt: skip
+    for (name, p), q in zip(source.ema.state_dict().items(), tuned.modules.state_dict().values()):
+        assert torch.equal(p, q), name  # the export's (EMA) weights, in the live and the EMA copy
+    assert tuned.phases[0]["init"] == str(tmp_path / "export") and tuned.phases[0]["init_steps"] == 2
+    rates = []
+    for step in (0, 1, 2, 6, 10):
+        tuned.step = step
+        rates.append(tuned._lr())
+    assert rates == pytest.approx([5e-4, 1e-3, 1e-3, 5e-4, 0.0], abs=1e-9)  # warm-up, then cosine to 0
+    tuned.step = 0
+    tuned.train_step()
+    tuned.checkpoint()
+    resumed = _tiny_trainer(tmp_path / "tuned", init=tmp_path / "nowhere")  # a checkpoint wins over init
+    assert resumed.step == 1
+    with pytest.raises(FileNotFoundError, match="not an export of this trainer"):
+        _tiny_trainer(tmp_path / "other", init=tmp_path / "nowhere")
+
+
 # -- the GPU preset ------------------------------------------------------------------------------------
 
 
