@@ -156,7 +156,8 @@ class DreamCraft3DConfig:
     """SDF value of the textured mesh's surface (or the centre of the search below)."""
     fit_mesh_level: bool = True
     """Pick the level within ±0.05 of ``mesh_level`` whose mesh matches the picture's outline best
-    (:func:`recon.mesh.sdf_fit.fit_mesh_level`; a mug: 12 → 0 of 64² pixels off the outline, 22.7 → 24.2 dB at the reference)."""
+    (:func:`recon.mesh.sdf_fit.fit_mesh_level`; a mug: 12 → 0 of 64² pixels off the outline, 22.7 → 24.2 dB
+    at the reference)."""
     texture_size: int = checked(256, TEXTURE_SIZE)
     max_faces: int = checked(20_000, FACES)
     texture_lr: float = checked(5e-3, LEARNING_RATE)

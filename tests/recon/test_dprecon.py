@@ -11,11 +11,10 @@ import pytest
 import torch
 
 from recon.fields import SDFField, SDFFieldConfig
+from recon.fields.object_channel import ObjectField, channel_geometry
 from recon.pipelines.dprecon import (
     DPReconConfig,
     NormalLatentPrior,
-    ObjectField,
-    channel_geometry,
     reconstruct,
     scale_shift_invariant_depth,
     sds_timestep_range,
