@@ -14,6 +14,8 @@ monocular depth map (Omnidata DPT) for a ``1 − Pearson`` depth loss. Here:
   folder or a hub id the user gives — the real-weight path only; nothing is downloaded otherwise.
 
 Everything returned is square, ``size × size``, the object composited on white.
+:func:`caption_reference` names a reference in the embedded vocabulary (the prompt of the embedded text
+prior when the user gives none).
 """
 
 from __future__ import annotations
