@@ -126,31 +126,29 @@ class ViewTrainer:
         elif cfg.init is not None:
             self._init_from(Path(cfg.init))
         entries = [list(e) for e in self.bank.entries]
-        if not self.phases or self.phases[-1]["entries"] != entries:
+        if not self.phases or self.phases[-1].get("entries") != entries:
             self.phases.append({"from_step": self.step, "entries": entries})
 
     def _init_from(self, folder: Path) -> None:
         """Starts from the weights of an export (a fine-tune); the record goes into ``phases``."""
-        from safetensors.torch import load_file
+        from priors.view import ViewConditionedPrior
+        from recon.errors import UserError
 
-        files = {
-            "unet": folder / "unet" / "diffusion_pytorch_model.safetensors",
-            "encoder": folder / "image_encoder" / "model.safetensors",
-            "proj": folder / "clip_camera_projection" / "diffusion_pytorch_model.safetensors",
-        }
-        missing = [str(f) for f in files.values() if not f.is_file()]
-        if missing:
-            raise FileNotFoundError(
-                f"--init {folder}: not an export of this trainer (missing {', '.join(missing)}); "
-                "give a folder written by priors.embedded.train_view (e.g. assets/embedded-view)"
-            )
-        for name, path in files.items():
-            self.modules[name].load_state_dict(load_file(str(path)))
+        try:
+            prior = ViewConditionedPrior.from_pretrained(str(folder))
+        except UserError as err:
+            raise UserError(
+                f"--init {folder}: not a view-prior export ({err}); give a folder written by "
+                "priors.embedded.train_view (e.g. assets/embedded-view)"
+            ) from err
+        for name, module in (
+            ("unet", prior.unet), ("encoder", prior.image_encoder), ("proj", prior.camera_projection)
+        ):  # fmt: skip
+            self.modules[name].load_state_dict(module.state_dict())
         self.ema.load_state_dict(self.modules.state_dict())
         meta_path = folder / "embedded.json"
         meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-        record = {"init": str(folder), "init_steps": meta.get("steps"), "from_step": 0, "entries": None}
-        self.phases.append(record)
+        self.phases.append({"init": str(folder), "init_steps": meta.get("steps"), "from_step": 0})
 
     def _request_stop(self, signum: int, frame: object) -> None:
         self._stop = True

@@ -473,7 +473,7 @@ def test_embedded_fine_tune_starts_from_an_export_and_decays_its_rate(tmp_path):
     tuned.checkpoint()
     resumed = _tiny_trainer(tmp_path / "tuned", init=tmp_path / "nowhere")  # a checkpoint wins over init
     assert resumed.step == 1
-    with pytest.raises(FileNotFoundError, match="not an export of this trainer"):
+    with pytest.raises(UserError, match="not a view-prior export"):
         _tiny_trainer(tmp_path / "other", init=tmp_path / "nowhere")
 
 
