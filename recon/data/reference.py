@@ -358,9 +358,9 @@ def _primitive_caption(reference) -> tuple[str, float]:
 
 
 def _mask_fill(mask: torch.Tensor) -> float:
-    rows, cols = torch.nonzero(mask, as_tuple=True)
-    side = max(int(rows.max() - rows.min()) + 1, int(cols.max() - cols.min()) + 1)
-    return side / mask.shape[0]
+    """The mask's box's long side over the frame's side (what :func:`recenter` sets to ``fill``)."""
+    y0, y1, x0, x1 = _bbox(mask.cpu().numpy())
+    return max(y1 - y0, x1 - x0) / mask.shape[0]
 
 
 @functools.lru_cache(maxsize=4)
