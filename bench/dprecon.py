@@ -5,15 +5,17 @@
 
 For each seed a procedural room (``recon.data.scene_synth``: 4 objects, one partly behind another, 10
 views along the front of the room, 4 held-out views between them; seeds the tests do not use) is
-written, then reconstructed three times with ``recon.pipelines.dprecon``: ``sds="none"`` (the same
-refine steps without SDS), ``"uniform"`` (SDS weight 1 on every pixel) and ``"visibility"`` (DP-Recon's
-per-pixel weights). The reconstruction stage is run once per scene and shared (its checkpoint and
-object boxes are copied into the other two runs, which resume from them), so the variants differ only
-in their refine stage. Per object it prints Chamfer-L1, F-score at 5 % of the object's size and
-completeness (the share of the true surface within that distance of the reconstruction) — also for
-the partly hidden objects alone (some view sees under 90 % of their silhouette) — and the PSNR of the
-held-out views. The last line is JSON with the medians over objects / held-out views:
-``completeness_{recon,uniform,vis}``, ``fscore_*``, ``chamfer_*``, ``psnr_*``, ``completeness_hidden_*``
+written, then reconstructed four times with ``recon.pipelines.dprecon``: ``sds="none"`` (the same
+refine steps without SDS), ``"uniform"`` (SDS weight 1 on every pixel), ``"visibility"`` (DP-Recon's
+per-pixel weights, an empty pixel weighted by the visibility of the space its ray crosses: sds3d's
+default) and ``vis_released`` (the same with every empty pixel at visibility 0, as released). The
+reconstruction stage is run once per scene and shared (its checkpoint and object boxes are copied into
+the other runs, which resume from them), so the variants differ only in their refine stage. Per
+object it prints Chamfer-L1, F-score at 5 % of the object's size and completeness (the share of the
+true surface within that distance of the reconstruction) — also for the partly hidden objects alone
+(some view sees under 90 % of their silhouette) — and the PSNR of the held-out views. The last line is
+JSON with the medians over objects / held-out views: ``completeness_{recon,uniform,vis,vis_released}``,
+``fscore_*``, ``chamfer_*``, ``psnr_*``, ``completeness_hidden_*``
 and ``median_s``, the median over scenes of one visibility-weighted run's seconds (reconstruction +
 visibility grid + refine + evaluation: what ``sds3d reconstruct --pipeline dprecon`` costs without the
 export), and ``load``, the load average at the start and the end.
@@ -39,7 +41,12 @@ os.environ.update(openmp_env())
 
 import torch  # noqa: E402
 
-VARIANTS = {"recon": "none", "uniform": "uniform", "vis": "visibility"}
+VARIANTS = {
+    "recon": {"sds": "none"},
+    "uniform": {"sds": "uniform"},
+    "vis": {"sds": "visibility"},  # sds3d's default: empty pixels see the free space of their ray
+    "vis_released": {"sds": "visibility", "empty_visibility": "zero"},
+}
 
 
 def run_scene(seed: int, args: argparse.Namespace, root: Path) -> dict:
@@ -74,10 +81,10 @@ def run_scene(seed: int, args: argparse.Namespace, root: Path) -> dict:
     )  # fmt: skip
     out: dict = {"seed": seed, "objects": {}, "hidden": sorted(hidden), "variants": {}}
     first = None
-    for name, sds in VARIANTS.items():
+    for name, overrides in VARIANTS.items():
         run_dir = root / f"run-{seed}-{name}"
         shutil.rmtree(run_dir, ignore_errors=True)
-        config = replace(base, sds=sds)
+        config = replace(base, **overrides)
         started = time.perf_counter()
         if first is None:
             reconstruct(config=config, run_dir=run_dir, export_result=False)
@@ -156,7 +163,7 @@ def main() -> None:
         summary[f"psnr_{v}"] = statistics.median(p for r in results for p in r["variants"][v]["psnr_views"])
     for v in VARIANTS:
         print(
-            f"{v:>8}: completeness {summary[f'completeness_{v}']:.3f} (hidden objects "
+            f"{v:>12}: completeness {summary[f'completeness_{v}']:.3f} (hidden objects "
             f"{summary[f'completeness_hidden_{v}'] or 0:.3f}), F {summary[f'fscore_{v}']:.3f}, "
             f"Chamfer {summary[f'chamfer_{v}'] or float('nan'):.4f}, "
             f"held-out PSNR {summary[f'psnr_{v}']:.2f} dB"

@@ -16,7 +16,9 @@ https://arxiv.org/abs/2503.14830, code github.com/DP-Recon/DP-Recon (``confs/rep
 3. **refine** — the reconstruction losses go on, and each step adds score distillation on one object
    (round-robin over the objects that have a prompt), rendered **alone** (its own channel) from a
    random camera around its box, with its own prompt, the SDS gradient weighted per pixel by the
-   visibility of what the render shows (``sds="visibility"``; ``"uniform"``: weight 1 everywhere;
+   visibility of what the render shows (``sds="visibility"``; an empty pixel gets the visibility of
+   the space its ray crosses, ``empty_visibility="free-space"``, not 0 as released — see
+   :mod:`priors.visibility`; ``"uniform"``: weight 1 everywhere;
    ``"none"``: the same steps without SDS — the ablation rows). Released: elevation [5, 30] widening to
    [5, 80], timesteps min 0.2 -> 0.02 and max 0.98 -> 0.40 in the second half, ``w = sqrt(abar)(1 -
    abar)``. The prior: the embedded exemplar prior on the object's RGB render (its 32x32 world, the
@@ -42,6 +44,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -55,6 +58,7 @@ from priors.visibility import (
     VisibilityGrid,
     VisibilityWeightsConfig,
     fit_visibility_grid,
+    free_space_visibility,
     geometry_weights,
     sample_points,
     transmittance_from_weights,
@@ -177,6 +181,11 @@ class DPReconConfig:
     (room for the unseen parts to grow)."""
     visibility: VisibilityWeightsConfig = field(default_factory=VisibilityWeightsConfig)
     """How visibility becomes the SDS weight (the released geometry-stage thresholds)."""
+    empty_visibility: Literal["free-space", "zero"] = "free-space"
+    """Visibility of an object render's empty pixels: ``free-space`` — the lowest visibility along the
+    pixel's ray through the object's box, leaving out points inside other geometry
+    (:func:`priors.visibility.free_space_visibility`), so the prior grows the object only into space no
+    photo saw empty; ``zero`` — as released (every empty pixel gets the largest weight)."""
     visibility_resolution: int = checked(64, low=4, high=512)
     visibility_steps: int = checked(100, low=1, high=1_000_000)
     """Hinge-loss steps of the visibility grid (released: 20 passes over the images)."""
@@ -696,7 +705,13 @@ class DPReconRun:
             elif c.sds == "visibility":
                 o, d = ctx.render["object_rays"]
                 pts = sample_points(o, d, out.t_starts, out.t_ends)
-                vis = visibility_map(self.visibility, out.weights, pts)
+                free = None
+                if c.empty_visibility == "free-space":
+                    free = free_space_visibility(
+                        self.visibility, o, d, frame.render_box(c.object_margin), c.sds_samples,
+                        occupied=_inside_others(ctx.model["field"], frame.index),
+                    )  # fmt: skip
+                vis = visibility_map(self.visibility, out.weights, pts, free_space=free)
                 weight_map = geometry_weights(vis, c.visibility).reshape(1, 1, cams.height, cams.width)
                 covered = out.alpha[:, 0].detach() > 0.5
                 info["hidden_share"] = (
@@ -711,6 +726,19 @@ class DPReconRun:
             return loss, info
 
         return term
+
+
+def _inside_others(field: SDFField, index: int) -> Callable[[Tensor], Tensor]:
+    """``points [N, 3] -> bool [N]``: inside another channel's geometry (the background's or another
+    object's SDF below 0), where the object ``index`` cannot grow."""
+
+    def inside(points: Tensor) -> Tensor:
+        with torch.no_grad():
+            sdfs = field.object_sdfs(points)
+        others = torch.cat([sdfs[..., :index], sdfs[..., index + 1 :]], dim=-1)
+        return others.amin(dim=-1) < 0
+
+    return inside
 
 
 class _OpacityOnly(nn.Module):

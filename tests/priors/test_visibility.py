@@ -12,6 +12,7 @@ from priors.visibility import (
     VisibilityWeightsConfig,
     color_weights,
     fit_visibility_grid,
+    free_space_visibility,
     geometry_weights,
     sample_points,
     transmittance_from_weights,
@@ -148,6 +149,42 @@ def test_visibility_map_sums_weighted_grid_values_and_saturates_at_one():
     assert torch.allclose(visibility_map(grid, w, pts), torch.tensor([0.45, 1.0, 0.0]))
     packed = visibility_map(grid, w.reshape(-1), pts.reshape(-1, 3), torch.tensor([0, 0, 1, 1, 2, 2]), 3)
     assert torch.allclose(packed, torch.tensor([0.45, 1.0, 0.0]))
+
+
+def test_empty_pixels_take_the_free_space_visibility_by_their_remaining_transmittance():
+    grid = VisibilityGrid([-1, -1, -1, 1, 1, 1], 4)
+    with torch.no_grad():
+        grid.grid.fill_(0.6)
+    pts = torch.zeros(3, 2, 3)
+    w = torch.tensor([[0.5, 0.25], [1.0, 0.0], [0.0, 0.0]])
+    free = torch.tensor([1.0, 0.0, 0.9])
+    # 0.45 drawn + 0.25 empty x 1.0; fully drawn: free space ignored; empty: the free-space value
+    expected = torch.tensor([0.70, 0.6, 0.9])
+    assert torch.allclose(visibility_map(grid, w, pts, free_space=free), expected)
+    packed = visibility_map(
+        grid, w.reshape(-1), pts.reshape(-1, 3), torch.tensor([0, 0, 1, 1, 2, 2]), 3, free_space=free
+    )
+    assert torch.allclose(packed, expected)
+
+
+def test_free_space_visibility_is_the_lowest_visibility_along_the_chord():
+    # seen (1) up to x = 1/3, then falling linearly to 0 at x = 1 (vertices at x = -1, -1/3, 1/3, 1)
+    grid = VisibilityGrid([-1, -1, -1, 1, 1, 1], 4)
+    with torch.no_grad():
+        grid.grid.fill_(1.0)
+        grid.grid[..., 3] = 0.0
+    box = torch.tensor([-0.9, -0.5, -0.5, 0.9, 0.5, 0.5])
+    origins = torch.tensor([[-3.0, 0.0, 0.0], [-0.2, -3.0, 0.0], [0.0, 3.0, 3.0], [0.8, -3.0, 0.0]])
+    dirs = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 1.0, 0.0], [0.0, 1.0, 0.0]])
+    vis = free_space_visibility(grid, origins, dirs, box, num_samples=16)
+    # along x: the last of 16 samples is at x = 0.84375; along y at x = -0.2: all seen; misses the box: 1;
+    # along y at x = 0.8: G = 0.3 everywhere
+    assert torch.allclose(vis, torch.tensor([(1 - 0.84375) * 1.5, 1.0, 1.0, 0.3]), atol=1e-5)
+    # points inside other geometry are left out: the half x > 0 is occupied here
+    vis = free_space_visibility(grid, origins, dirs, box, 16, occupied=lambda p: p[:, 0] > 0.0)
+    assert torch.allclose(vis, torch.tensor([1.0, 1.0, 1.0, 1.0]), atol=1e-5)
+    with pytest.raises(ValueError, match="num_samples"):
+        free_space_visibility(grid, origins, dirs, box, 0)
 
 
 def test_weight_maps_match_the_released_thresholds_exactly():
