@@ -102,6 +102,35 @@ def relative_pose(
     return torch.stack([d_polar, torch.sin(d_az), torch.cos(d_az), fourth], dim=-1)
 
 
+ImageTokens = Literal["embeds", "patches"]
+IMAGE_TOKENS: tuple[str, ...] = ("embeds", "patches")
+
+
+def image_tokens(encoder: Any, output: Any, kind: ImageTokens = "embeds") -> Tensor:
+    """The reference's image tokens from a CLIP vision encoder's output.
+
+    ``embeds``: CLIP's ``image_embeds`` ``[B, D]`` (Zero123: one token). ``patches``: that embedding
+    followed by every patch of the last hidden state through the same ``post_layernorm`` and
+    ``visual_projection`` ``[B, 1 + P, D]``, so the UNet's cross-attention can look up *where* on the
+    reference a colour or pattern is (the embedded prior's option, ``_sds3d_image_tokens`` in
+    ``model_index.json``).
+    """
+    embeds = output.image_embeds if hasattr(output, "image_embeds") else output[0]
+    if kind == "embeds":
+        return embeds
+    if kind != "patches":
+        raise ValueError(f"unknown image tokens {kind!r}; expected one of {IMAGE_TOKENS}")
+    vision = encoder.vision_model
+    patches = encoder.visual_projection(vision.post_layernorm(output.last_hidden_state[:, 1:]))
+    return torch.cat([embeds[:, None], patches], dim=1)
+
+
+def join_camera(projection: nn.Module, tokens: Tensor, pose: Tensor) -> Tensor:
+    """``projection(token ⊕ T)`` per token ``[B, D]`` or ``[B, L, D]``, ``T [B, 4]``: ``[B, L, D]``."""
+    tokens = tokens[:, None] if tokens.dim() == 2 else tokens
+    return projection(torch.cat([tokens, pose[:, None].expand(-1, tokens.shape[1], -1)], dim=-1))
+
+
 class CLIPCameraProjection(ModelMixin, ConfigMixin):
     """``Linear(embedding_dim + additional_embeddings -> embedding_dim)``: image embedding ⊕ ``T`` -> token.
 
@@ -188,8 +217,9 @@ def _read_weights(folder: Path) -> dict[str, Tensor]:
 class ViewConditioning:
     """Conditioning of a batch of target views on one reference picture."""
 
-    image_embedding: Tensor  # [1, D] or [B, D]
-    """The reference's image embedding (CLIP ``image_embeds``)."""
+    image_embedding: Tensor  # [1, D] or [B, D]; [.., 1 + P, D] with patch tokens
+    """The reference's image embedding (CLIP ``image_embeds``; with ``image_tokens="patches"`` also its
+    patches, :func:`image_tokens`)."""
     concat: Tensor  # [1, C, h, w] or [B, C, h, w]
     """The reference in the denoiser's space, unscaled (concatenated to the noisy input)."""
     pose: Tensor  # [B, 4]
@@ -205,7 +235,7 @@ class ViewConditioning:
 class ReferenceView:
     """The reference picture and where it was seen from."""
 
-    image_embedding: Tensor  # [1, D]
+    image_embedding: Tensor  # [1, D] or [1, 1 + P, D]
     concat: Tensor  # [1, C, h, w]
     elevation_deg: float
     azimuth_deg: float
@@ -230,6 +260,7 @@ class ViewConditionedPrior:
         feature_extractor: Any | None = None,
         pose_convention: PoseConvention = "zero123",
         source: str = "",
+        image_tokens: ImageTokens = "embeds",
     ) -> None:
         """Wraps built components.
 
@@ -242,9 +273,14 @@ class ViewConditionedPrior:
             feature_extractor: ``CLIPImageProcessor`` giving the encoder's input size and normalisation.
             pose_convention: ``"zero123"`` or ``"stable-zero123"``.
             source: Where it came from (for messages and ``info``).
+            image_tokens: What the UNet cross-attends to: ``embeds`` (Zero123: the image embedding, one
+                token) or ``patches`` (also the reference's patches; :func:`image_tokens`).
         """
         if pose_convention not in POSE_CONVENTIONS:
             raise UserError(f"unknown pose convention {pose_convention!r}; use one of {POSE_CONVENTIONS}")
+        if image_tokens not in IMAGE_TOKENS:
+            raise UserError(f"unknown image tokens {image_tokens!r}; use one of {IMAGE_TOKENS}")
+        self.image_tokens: ImageTokens = image_tokens
         self.unet = unet.eval().requires_grad_(False)
         self.scheduler = scheduler
         self.image_encoder = image_encoder.eval().requires_grad_(False)
@@ -303,6 +339,7 @@ class ViewConditionedPrior:
             "pose_convention": self.pose_convention,
             "prediction_type": self.prediction_type,
             "image_embedding": int(self.camera_projection.config.embedding_dim),
+            "image_tokens": self.image_tokens,
             "num_train_timesteps": self.num_train_timesteps,
             "device": str(self.device),
         }
@@ -412,6 +449,7 @@ class ViewConditionedPrior:
             feature_extractor=parts.get("feature_extractor"),
             pose_convention=convention,
             source=source,
+            image_tokens=index.get("_sds3d_image_tokens", "embeds"),
         )
         return prior.to(device)
 
@@ -428,8 +466,9 @@ class ViewConditionedPrior:
         return self
 
     # -- conditioning ----------------------------------------------------------------------------
-    def embed_image(self, image: Tensor) -> Tensor:  # [B, 3, H, W] in [0, 1] -> [B, D]
-        """The CLIP image embedding (bicubic resize to the encoder's size, its mean/std)."""
+    def embed_image(self, image: Tensor) -> Tensor:  # [B, 3, H, W] in [0, 1] -> [B, D] or [B, 1 + P, D]
+        """The CLIP image embedding (bicubic resize to the encoder's size, its mean/std); with patch tokens
+        also the patches (:func:`image_tokens`)."""
         x = F.interpolate(
             image.float(),
             size=(self.clip_size, self.clip_size),
@@ -439,7 +478,7 @@ class ViewConditionedPrior:
         ).clamp(0.0, 1.0)
         x = (x - self._clip_mean.to(x.device)) / self._clip_std.to(x.device)
         out = self.image_encoder(pixel_values=x.to(self.device, self.dtype))
-        return out.image_embeds if hasattr(out, "image_embeds") else out[0]
+        return image_tokens(self.image_encoder, out, self.image_tokens)
 
     def concat_latent(self, image: Tensor) -> Tensor:  # [B, 3, H, W] in [0, 1] -> [B, C, h, w]
         """The reference in the denoiser's space, unscaled: the VAE posterior's mode, or the pixels."""
@@ -507,10 +546,9 @@ class ViewConditionedPrior:
             ref.image_embedding, ref.concat, pose, None if prompts is None else list(prompts)
         )
 
-    def camera_tokens(self, image_embedding: Tensor, pose: Tensor) -> Tensor:  # [B, D], [B, 4] -> [B, 1, D]
-        """The cross-attention token: ``proj(embedding ⊕ T)``."""
-        x = torch.cat([image_embedding.to(self.dtype), pose.to(self.dtype)], dim=-1)[:, None]
-        return self.camera_projection(x)
+    def camera_tokens(self, image_embedding: Tensor, pose: Tensor) -> Tensor:  # [B,(L,)D], [B,4] -> [B,L,D]
+        """The cross-attention tokens: ``proj(token ⊕ T)`` for each image token (Zero123: one)."""
+        return join_camera(self.camera_projection, image_embedding.to(self.dtype), pose.to(self.dtype))
 
     # -- the prior protocol ----------------------------------------------------------------------
     def encode_images(self, x: Tensor) -> Tensor:  # [B, 3, H, W] in [0, 1] -> [B, C, h, w]

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from priors.embedded.models import SchedulerConfig, ViewModelConfig, build_scheduler, build_view_components
 from priors.embedded.train import _ema_update
 from priors.embedded.world import WorldBank, WorldBankConfig, load_or_render_world_bank, sample_colors
-from priors.view import relative_pose
+from priors.view import ImageTokens, image_tokens, join_camera, relative_pose
 from recon.atomic import atomic_torch_save
 
 POSE_CONVENTION = "stable-zero123"
@@ -66,6 +66,10 @@ class ViewTrainConfig:
     checkpoint_minutes: float = 5.0
     threads: int = 1
     batch_size: int = 24
+    image_tokens: ImageTokens = "embeds"
+    """What the UNet cross-attends to: ``embeds`` (one token, Zero123) or ``patches`` (the embedding and
+    the reference's 8x8 patch tokens, each joined with the camera: colour and pattern where they are on
+    the reference; :func:`priors.view.image_tokens`). Same weights either way, so ``--init`` works across."""
     uncond_prob: float = 0.1
     """Probability that reference token and concat are both zeroed."""
     zoom_prob: float = 0.4
@@ -209,6 +213,7 @@ class ViewTrainer:
             "scheduler": ["diffusers", "DDPMScheduler"],
             "vae": [None, None],
             "_sds3d_pose_convention": POSE_CONVENTION,
+            "_sds3d_image_tokens": self.cfg.image_tokens,
         }
         meta = {
             "kind": "view-conditioned (miniature Zero123, pixel space)",
@@ -267,8 +272,9 @@ class ViewTrainer:
         x_t = sa * x0 + s1 * noise
         target = sa * noise - s1 * x0 if cfg.scheduler.prediction_type == "v_prediction" else noise
         keep = (torch.rand(b, generator=g) >= cfg.uncond_prob).float().view(-1, 1, 1, 1)
-        emb = self.encoder(pixel_values=(ref - 0.5) / 0.5).image_embeds  # the embedded processor's mean/std
-        token = self.projection(torch.cat([emb, pose], -1)[:, None]) * keep.view(-1, 1, 1)
+        out = self.encoder(pixel_values=(ref - 0.5) / 0.5)  # the embedded processor's mean/std
+        tokens = image_tokens(self.encoder, out, cfg.image_tokens)
+        token = join_camera(self.projection, tokens, pose) * keep.view(-1, 1, 1)
         concat = (ref * 2 - 1) * keep
         pred = self.unet(torch.cat([x_t, concat], 1), t, encoder_hidden_states=token).sample
         loss = F.mse_loss(pred, target)

@@ -385,12 +385,14 @@ def _tiny_trainer(out: Path, seed: int = 0, **overrides):
     return ViewTrainer(cfg)
 
 
-def test_embedded_export_round_trips_and_predicts_the_ema_noise(tmp_path):
-    trainer = _tiny_trainer(tmp_path / "run")
+@pytest.mark.parametrize("tokens", ["embeds", "patches"])
+def test_embedded_export_round_trips_and_predicts_the_ema_noise(tmp_path, tokens):
+    trainer = _tiny_trainer(tmp_path / "run", image_tokens=tokens)
     for _ in range(3):
         trainer.train_step()
     trainer.export(tmp_path / "export")
     prior = ViewConditionedPrior.from_pretrained(str(tmp_path / "export"))
+    assert prior.image_tokens == tokens and prior.info()["image_tokens"] == tokens
     assert prior.pose_convention == "stable-zero123" and not prior.is_latent
     assert prior.resolution == 16 and prior.clip_size == 16 and prior.prediction_type == "v_prediction"
 
@@ -409,8 +411,16 @@ def test_embedded_export_round_trips_and_predicts_the_ema_noise(tmp_path):
         # The same computation by hand with the in-memory EMA modules, as train_step feeds them.
         ema = trainer.ema
         pose = relative_pose(ref_el, ref_az, 3.0, el, az, 3.0, "stable-zero123")
-        emb = ema["encoder"](pixel_values=(ref[:1] - 0.5) / 0.5).image_embeds.expand(2, -1)
-        token = ema["proj"](torch.cat([emb, pose], -1)[:, None])
+        enc = ema["encoder"]
+        out = enc(pixel_values=(ref[:1] - 0.5) / 0.5)
+        emb = out.image_embeds[:, None]  # [1, 1, D]
+        if tokens == "patches":  # and the 4x4 patches of the 16 px reference, projected alike
+            patches = enc.visual_projection(enc.vision_model.post_layernorm(out.last_hidden_state[:, 1:]))
+            assert patches.shape[1] == 16
+            emb = torch.cat([emb, patches], 1)
+        emb = emb.expand(2, -1, -1)
+        token = ema["proj"](torch.cat([emb, pose[:, None].expand(-1, emb.shape[1], -1)], -1))
+        assert token.shape[1] == (17 if tokens == "patches" else 1)
         concat = (ref[:1] * 2 - 1).expand(2, -1, -1, -1)
         v = ema["unet"](torch.cat([x_t, concat], 1), t, encoder_hidden_states=token).sample
         v0 = ema["unet"](
