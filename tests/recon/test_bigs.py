@@ -18,6 +18,7 @@ from recon.pipelines.bigs import (
     BigsScene,
     build_scene,
     build_trainer,
+    interpolate_held_out,
     photometric_terms,
     reconstruct_hands,
     split_frames,
@@ -89,6 +90,49 @@ def test_shared_and_separate_hand_sets(sequence):
 def test_split_frames_keeps_ends_for_training():
     train, test = split_frames(12, 4)
     assert test == [3, 7] and 0 in train and 11 in train
+
+
+def test_held_out_frames_take_the_interpolated_refined_poses_not_their_noisy_estimate():
+    from types import SimpleNamespace
+
+    from recon.parametric.hand_gaussians import HandPoses, ObjectPoses
+    from recon.parametric.lbs import axis_angle_to_matrix, matrix_to_axis_angle
+
+    g = torch.Generator().manual_seed(0)
+    T = 4  # frames 0, 1, 3 trained; 2 held out, its initial estimate off by its own noise
+    init = {
+        side: {
+            "global_orient": 0.5 * torch.randn(T, 3, generator=g),
+            "hand_pose": 0.3 * torch.randn(T, 45, generator=g),
+            "betas": torch.zeros(T, 10),
+            "transl": 0.05 * torch.randn(T, 3, generator=g),
+        }
+        for side in ("right", "left")
+    }
+    poses = HandPoses(init)
+    objects = ObjectPoses(
+        axis_angle_to_matrix(0.4 * torch.randn(T, 3, generator=g)), torch.randn(T, 3, generator=g)
+    )
+    with torch.no_grad():
+        for param in list(poses.parameters()) + list(objects.parameters()):
+            param.copy_(0.1 * torch.randn(param.shape, generator=g))  # the refinement's offsets
+    before = {s: poses.params(s) for s in ("right", "left")}
+    R_obj, t_obj = objects.pose()
+    interpolate_held_out(SimpleNamespace(modules={"poses": poses, "object_poses": objects}), [0, 1, 3], [2])
+    for side in ("right", "left"):
+        after = poses.params(side)
+        for key in ("hand_pose", "transl"):
+            assert torch.allclose(after[key][2], (before[side][key][1] + before[side][key][3]) / 2, atol=1e-5)
+            assert torch.allclose(after[key][[0, 1, 3]], before[side][key][[0, 1, 3]])
+        Ra, Rb = axis_angle_to_matrix(before[side]["global_orient"][[1, 3]])
+        half = Ra @ axis_angle_to_matrix(0.5 * matrix_to_axis_angle(Ra.T @ Rb))  # halfway along the arc
+        R = axis_angle_to_matrix(after["global_orient"][2])
+        assert torch.allclose(R, half, atol=1e-4)
+        assert torch.allclose((Ra.T @ R).trace(), (R.T @ Rb).trace(), atol=1e-4)  # equal angles both sides
+    R_new, t_new = objects.pose()
+    assert torch.allclose(t_new[2], (t_obj[1] + t_obj[3]) / 2, atol=1e-5)
+    assert torch.allclose((R_obj[1].T @ R_new[2]).trace(), (R_new[2].T @ R_obj[3]).trace(), atol=1e-4)
+    assert torch.allclose(R_new[[0, 1, 3]], R_obj[[0, 1, 3]], atol=1e-6)
 
 
 def test_bad_inputs_leave_no_run_folder(sequence, tmp_path):
