@@ -41,6 +41,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from recon.cameras import Cameras
@@ -147,6 +148,9 @@ class BigsConfig:
     """Initial thickness of a hand Gaussian along its triangle's normal, relative to its in-plane size
     (surfels; 1 was round). With ``antialiased`` and 0.3: at the true poses the fitted hands cover their
     masks with IoU 0.93 (0.77 with round 0.6-sized Gaussians in the classic mode; 8 frames of 80 px)."""
+    supersample: int = checked(1, low=1, high=8)
+    """Render every frame at this many times its resolution and box-filter it down (the generator's frames
+    are 2x2 supersampled; so are a real camera's pixels, by their area)."""
     rasterize_mode: Literal["classic", "antialiased"] = "antialiased"
     """gsplat's rasterize mode. ``antialiased`` scales each opacity by the low-pass filter's area gain
     (Mip-Splatting), so the hands' sub-pixel Gaussians keep their size; ``classic`` widened them (the
@@ -218,6 +222,9 @@ class BigsScene:
     ):
         """``rgb [H, W, 3]``, ``alpha [H, W]`` and per-subject coverage ``[H, W, 3]`` of one frame."""
         cam = self.seq.cameras[frame] if camera is None else camera
+        ss = self.config.supersample
+        if ss > 1:
+            cam = cam.scaled(ss)
         g = self.gaussians(frame, subjects)
         dev = g["means"].device
         bg = torch.cat([background.to(dev), torch.zeros(3, device=dev)])
@@ -226,7 +233,10 @@ class BigsScene:
             cam.viewmats().to(dev), cam.Ks().to(dev), cam.width, cam.height, backgrounds=bg, near_plane=0.01,
             rasterize_mode=self.config.rasterize_mode,
         )  # fmt: skip
-        return render[0, ..., :3], alpha[0, ..., 0], render[0, ..., 3:6]
+        out = torch.cat([render[0], alpha[0]], -1)  # [H, W, 7]
+        if ss > 1:  # box-filtered as a camera's pixels (and the generator's frames) are
+            out = F.avg_pool2d(out.permute(2, 0, 1)[None], ss)[0].permute(1, 2, 0)
+        return out[..., :3], out[..., 6], out[..., 3:6]
 
 
 def _with_hands_mean(params: dict[str, Tensor], model: HandModel, flat: bool) -> dict[str, Tensor]:

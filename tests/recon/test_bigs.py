@@ -87,6 +87,20 @@ def test_shared_and_separate_hand_sets(sequence):
     assert isinstance(shared, BigsScene)
 
 
+def test_supersampled_render_is_the_box_filtered_render_at_twice_the_resolution(sequence):
+    scene, _, _ = build_scene(sequence, tiny(supersample=2))
+    cam = scene.seq.cameras[1]
+    with torch.no_grad():
+        rgb, alpha, cover = scene.render(1, ("right", "left", "object"), torch.ones(3))
+        scene.config.supersample = 1
+        big = scene.render(1, ("right", "left", "object"), torch.ones(3), camera=cam.scaled(2))
+    assert rgb.shape == (cam.height, cam.width, 3) and alpha.shape == (cam.height, cam.width)
+    for small, large in zip((rgb, alpha, cover), big):
+        pooled = large.reshape(cam.height, 2, cam.width, 2, -1).mean((1, 3)).reshape(small.shape)
+        assert torch.allclose(small, pooled, atol=1e-6)
+    assert 0 < float(alpha.mean()) < 1
+
+
 def test_split_frames_keeps_ends_for_training():
     train, test = split_frames(12, 4)
     assert test == [3, 7] and 0 in train and 11 in train
