@@ -7,14 +7,14 @@ For each seed a procedural room (``recon.data.scene_synth``: 4 objects, one part
 views along the front of the room, 4 held-out views between them; seeds the tests do not use) is
 written, then reconstructed four times with ``recon.pipelines.dprecon``: ``sds="none"`` (the same
 refine steps without SDS), ``"uniform"`` (SDS weight 1 on every pixel), ``"visibility"`` (DP-Recon's
-per-pixel weights, an empty pixel weighted by the visibility of the space its ray crosses: sds3d's
-default) and ``vis_released`` (the same with every empty pixel at visibility 0, as released). The
+per-pixel weights, as released and by default) and ``vis_free`` (the same with an empty pixel weighted
+by the visibility of the space its ray crosses, ``empty_visibility="free-space"``). The
 reconstruction stage is run once per scene and shared (its checkpoint and object boxes are copied into
 the other runs, which resume from them), so the variants differ only in their refine stage. Per
 object it prints Chamfer-L1, F-score at 5 % of the object's size and completeness (the share of the
 true surface within that distance of the reconstruction) — also for the partly hidden objects alone
 (some view sees under 90 % of their silhouette) — and the PSNR of the held-out views. The last line is
-JSON with the medians over objects / held-out views: ``completeness_{recon,uniform,vis,vis_released}``,
+JSON with the medians over objects / held-out views: ``completeness_{recon,uniform,vis,vis_free}``,
 ``fscore_*``, ``chamfer_*``, ``psnr_*``, ``completeness_hidden_*``
 and ``median_s``, the median over scenes of one visibility-weighted run's seconds (reconstruction +
 visibility grid + refine + evaluation: what ``sds3d reconstruct --pipeline dprecon`` costs without the
@@ -44,8 +44,8 @@ import torch  # noqa: E402
 VARIANTS = {
     "recon": {"sds": "none"},
     "uniform": {"sds": "uniform"},
-    "vis": {"sds": "visibility"},  # sds3d's default: empty pixels see the free space of their ray
-    "vis_released": {"sds": "visibility", "empty_visibility": "zero"},
+    "vis": {"sds": "visibility"},  # the default: an empty pixel has visibility 0, as released
+    "vis_free": {"sds": "visibility", "empty_visibility": "free-space"},  # the free space of its ray
 }
 
 

@@ -16,8 +16,8 @@ https://arxiv.org/abs/2503.14830, code github.com/DP-Recon/DP-Recon (``confs/rep
 3. **refine** — the reconstruction losses go on, and each step adds score distillation on one object
    (round-robin over the objects that have a prompt), rendered **alone** (its own channel) from a
    random camera around its box, with its own prompt, the SDS gradient weighted per pixel by the
-   visibility of what the render shows (``sds="visibility"``; an empty pixel gets the visibility of
-   the space its ray crosses, ``empty_visibility="free-space"``, not 0 as released — see
+   visibility of what the render shows (``sds="visibility"``; ``empty_visibility="free-space"``, an
+   option, gives an empty pixel the visibility of the space its ray crosses instead of 0 — see
    :mod:`priors.visibility`; ``"uniform"``: weight 1 everywhere;
    ``"none"``: the same steps without SDS — the ablation rows). Released: elevation [5, 30] widening to
    [5, 80], timesteps min 0.2 -> 0.02 and max 0.98 -> 0.40 in the second half, ``w = sqrt(abar)(1 -
@@ -181,11 +181,14 @@ class DPReconConfig:
     (room for the unseen parts to grow)."""
     visibility: VisibilityWeightsConfig = field(default_factory=VisibilityWeightsConfig)
     """How visibility becomes the SDS weight (the released geometry-stage thresholds)."""
-    empty_visibility: Literal["free-space", "zero"] = "free-space"
-    """Visibility of an object render's empty pixels: ``free-space`` — the lowest visibility along the
-    pixel's ray through the object's box, leaving out points inside other geometry
-    (:func:`priors.visibility.free_space_visibility`), so the prior grows the object only into space no
-    photo saw empty; ``zero`` — as released (every empty pixel gets the largest weight)."""
+    empty_visibility: Literal["zero", "free-space"] = "zero"
+    """Visibility of an object render's empty pixels: ``zero`` — as released (every empty pixel gets the
+    largest weight); ``free-space`` — the lowest visibility along the pixel's ray through the object's
+    box, leaving out points inside other geometry (:func:`priors.visibility.free_space_visibility`), so
+    the prior grows the object only into space no photo saw empty. Measured on 4 procedural rooms
+    (``bench/dprecon.py``, bench/README): partly hidden objects' completeness 0.601 against 0.549, all
+    objects 0.746 against 0.734, but F-score 0.690 against 0.721 and held-out PSNR 26.31 against 26.85 dB
+    (medians): no clear gain, so the release's rule stays the default."""
     visibility_resolution: int = checked(64, low=4, high=512)
     visibility_steps: int = checked(100, low=1, high=1_000_000)
     """Hinge-loss steps of the visibility grid (released: 20 passes over the images)."""

@@ -251,9 +251,8 @@ def test_ctrl_c_keeps_the_run_and_reconstruct_resume_finishes_it(tmp_path, tiny_
     from recon.train import Trainer
 
     preset = tmp_path / "tiny.yaml"
-    preset.write_text(
-        yaml.safe_dump({"pipeline": "dprecon", "config": dataclasses.asdict(_config(tiny_scene))})
-    )
+    config = _config(tiny_scene, empty_visibility="free-space")  # the option's path through a whole run
+    preset.write_text(yaml.safe_dump({"pipeline": "dprecon", "config": dataclasses.asdict(config)}))
     step = Trainer._step
 
     def ctrl_c_at_step_60(self, stage, i, progress):
@@ -294,6 +293,8 @@ def test_ctrl_c_keeps_the_run_and_reconstruct_resume_finishes_it(tmp_path, tiny_
     assert main(["reconstruct", "--resume", str(run), "--no-export"]) == 0
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["stages"]["recon"]["steps"] == TINY["recon_steps"] and metrics["psnr_eval"]["mean"] > 14
+    assert "sds" in metrics["stages"]["refine"]["loss"]
+    assert yaml.safe_load((run / "config.yaml").read_text())["config"]["empty_visibility"] == "free-space"
     assert (run / "refine" / "ckpt" / "last.pt").is_file() and sorted(os.listdir(out / "dprecon")) == [
         run.name
     ]
