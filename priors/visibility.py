@@ -223,7 +223,7 @@ def free_space_visibility(
     other geometry (the floor, walls, other objects), which the object cannot fill and no photo sees into.
     Rays that miss the box, or whose every point is left out, get 1.
     """
-    from recon.render.volume import ray_aabb_intersect
+    from recon.render.volume import ray_aabb_intersect, sample_intervals
 
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
@@ -231,9 +231,8 @@ def free_space_visibility(
         box = torch.cat([torch.maximum(aabb[:3], grid.aabb[:3]), torch.minimum(aabb[3:], grid.aabb[3:])])
         box = box.to(origins)
         t_near, t_far, hit = ray_aabb_intersect(origins, directions, box)
-        u = (torch.arange(num_samples, device=origins.device, dtype=origins.dtype) + 0.5) / num_samples
-        t = t_near[:, None] + (t_far - t_near).clamp_min(0.0)[:, None] * u  # [R, K]
-        points = origins[:, None, :] + t[..., None] * directions[:, None, :]  # [R, K, 3]
+        t_starts, t_ends, _ = sample_intervals(t_near, torch.maximum(t_far, t_near), num_samples)
+        points = sample_points(origins, directions, t_starts, t_ends)  # [R, K, 3] at the midpoints
         g = grid(points)
         if occupied is not None:
             inside = occupied(points.reshape(-1, 3)).reshape(g.shape)
