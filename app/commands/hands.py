@@ -69,7 +69,7 @@ class HandsFit(PresetCommand):
     mano_dir: str = ""
     """Folder holding MANO_RIGHT.pkl and MANO_LEFT.pkl."""
     steps: int = checked(0, low=0, high=1_000_000)
-    """Steps of each of the hands and object stages (the joint stage gets half); 0: the preset's."""
+    """Steps of each of the hands and object stages (the joint and refit stages get half); 0: the preset's."""
     sds_weight: float = checked(-1.0, low=-1.0, high=1e6)
     """Weight of the object's score distillation (-1: the preset's; 0: off)."""
     separate_hands: bool = False
@@ -92,7 +92,10 @@ class HandsFit(PresetCommand):
             changes["mano_dir"] = self.mano_dir
         if self.steps:
             changes.update(
-                hand_steps=self.steps, object_steps=self.steps, joint_steps=max(self.steps // 2, 1)
+                hand_steps=self.steps,
+                object_steps=self.steps,
+                joint_steps=max(self.steps // 2, 1),
+                refit_steps=max(self.steps // 2, 1),
             )
         if self.sds_weight >= 0:
             changes["sds_weight"] = self.sds_weight

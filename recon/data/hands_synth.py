@@ -17,7 +17,8 @@ World: +Y up, the object at the origin, the camera on +Z (``recon.cameras``' con
 Written as a sequence folder of :mod:`recon.data.hands` with per-frame ``viewmats``, the object's
 prompt (its caption), initial hand parameters = ground truth + estimator-like noise (per-frame rotation
 noise, a per-sequence depth bias and per-frame translation jitter), and ``gt/``: ``gt.json`` (true hand
-parameters, 21 keypoints per hand and frame, the object's description, scale and per-frame pose) and
+parameters, 21 keypoints per hand and frame, the object's description, scale and per-frame pose, the
+frames' background colour) and
 meshes (``gt/object.obj`` in metres in the object's frame, ``gt/hands_000000.obj`` for frame 0).
 """
 
@@ -340,6 +341,7 @@ def write_synth_sequence(out_dir: str | Path, config: HandsSynthConfig | None = 
             "translations": seq["object_translations"].tolist(),
         },
         "config": {k: getattr(config, k) for k in config.__dataclass_fields__},
+        "background": [BACKGROUND] * 3,  # the frames' own background: renders compare with the frames
     }  # fmt: skip
     extra = {
         "gt/gt.json": gt,

@@ -67,6 +67,14 @@ def matrix_to_quat(m: Tensor) -> Tensor:  # [..., 3, 3] -> [..., 4] wxyz, w >= 0
     return torch.cat([torch.cos(angle / 2), axis * torch.sin(angle / 2)], dim=-1)
 
 
+def view_dependent_rgb(coeffs: Tensor, degree: int, dirs: Tensor) -> Tensor:
+    """``max(SH(d) + 0.5, 0)`` of coefficients ``[..., K, 3]`` along directions ``[..., 3]`` (gsplat's
+    convention; the directions need not be unit)."""
+    from gsplat.cuda._torch_impl import _spherical_harmonics  # pure torch: any device
+
+    return (_spherical_harmonics(degree, dirs, coeffs.expand(*dirs.shape[:-1], -1, -1)) + 0.5).clamp_min(0.0)
+
+
 class HandGaussians(torch.nn.Module):
     """Gaussians on the triangles of the (right) hand mesh; :meth:`deform` places them on any posed mesh.
 
@@ -79,6 +87,9 @@ class HandGaussians(torch.nn.Module):
         init_scale: Initial in-plane standard deviation in units of ``sqrt(triangle area / per_face)``.
         thickness: Initial extent along the triangle's normal relative to the in-plane one (1: round;
             below 1: surfels, which keep thin parts such as fingers from bleeding past their outline).
+        sh_degree: Degree of the view-dependent colour, seen from each Gaussian's triangle frame (0: one
+            colour). The frame turns with the hand, so under a light fixed to the world the shading a pose
+            gives a surface is a function of the view direction in that frame.
     """
 
     def __init__(
@@ -90,8 +101,10 @@ class HandGaussians(torch.nn.Module):
         generator: torch.Generator | None = None,
         init_scale: float = 0.6,
         thickness: float = 1.0,
+        sh_degree: int = 0,
     ) -> None:
         super().__init__()
+        self.sh_degree = sh_degree
         F = faces.shape[0]
         face_ids = torch.arange(F).repeat_interleave(per_face)
         N = face_ids.shape[0]
@@ -118,6 +131,7 @@ class HandGaussians(torch.nn.Module):
         self.quats = torch.nn.Parameter(quats)
         self.opacities = torch.nn.Parameter(torch.logit(torch.full((N,), 0.95)))
         self.sh0 = torch.nn.Parameter(rgb_to_sh(torch.tensor(color).expand(N, 3)).clone()[:, None, :])
+        self.shN = torch.nn.Parameter(torch.zeros(N, (sh_degree + 1) ** 2 - 1, 3))
 
     def __len__(self) -> int:
         return self.face_ids.shape[0]
@@ -125,6 +139,20 @@ class HandGaussians(torch.nn.Module):
     @property
     def colors(self) -> Tensor:  # [N, 3]
         return sh_to_rgb(self.sh0[:, 0]).clamp(0, 1)
+
+    def view_colors(self, vertices: Tensor, camera_center: Tensor, side: str = "right") -> Tensor:
+        """RGB ``[B, N, 3]`` seen from ``camera_center [3]`` on posed meshes ``[B, V, 3]`` (:attr:`colors`
+        at ``sh_degree`` 0), the view direction taken in each Gaussian's triangle frame (mirrored for
+        ``left``)."""
+        if self.sh_degree == 0:
+            return self.colors[None].expand(vertices.shape[0], -1, -1)
+        means, _, _ = self.deform(vertices, side)
+        _, frames, _ = triangle_frames(vertices, self.faces)
+        R = frames[:, self.face_ids]  # [B, N, 3, 3]
+        local = (R.transpose(-1, -2) @ (means - camera_center)[..., None])[..., 0]
+        if side == "left":
+            local = local * FLIP_Y.to(local)
+        return view_dependent_rgb(torch.cat([self.sh0, self.shN], 1), self.sh_degree, local)
 
     def deform(self, vertices: Tensor, side: str = "right") -> tuple[Tensor, Tensor, Tensor]:
         """Means ``[B, N, 3]``, unit quaternions ``[B, N, 4]`` and scales ``[B, N, 3]`` on posed meshes.
@@ -154,12 +182,13 @@ class HandGaussians(torch.nn.Module):
             "quats": [self.quats],
             "opacities": [self.opacities],
             "sh0": [self.sh0],
+            "shN": [self.shN],
         }
 
     @staticmethod
     def default_learning_rates() -> dict[str, float]:
         """Offsets are in units of the triangle's size, so these do not depend on the scene's scale."""
-        return {"means": 5e-3, "scales": 5e-3, "quats": 1e-3, "opacities": 2e-2, "sh0": 1e-2}
+        return {"means": 5e-3, "scales": 5e-3, "quats": 1e-3, "opacities": 2e-2, "sh0": 1e-2, "shN": 5e-4}
 
     def regularisers(self) -> dict[str, Tensor]:
         """HeadStudio/GaussianAvatars-style: offsets and scales that leave their triangle; colour spread."""

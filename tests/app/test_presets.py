@@ -147,15 +147,15 @@ def test_every_cpu_capable_preset_runs_two_steps(name, tmp_path, posed_scene, ro
         _zero1toa_two_steps(config, portrait, tmp_path)
         return
     config.progress_bar = False
-    if pipeline == "bigs":  # three stages: a step in each of the first two, one joint step
+    if pipeline == "bigs":  # a step in each stage: hands, object, joint, refit
         from recon.pipelines.bigs import reconstruct_hands
 
-        config.hand_steps, config.object_steps, config.joint_steps = 1, 1, 1
+        config.hand_steps, config.object_steps, config.joint_steps, config.refit_steps = 1, 1, 1, 1
         config.object_gaussians, config.export_mesh, config.video = 100, False, False
         run_dir = reconstruct_hands(hands_sequence, config, tmp_path, export_results=False)
         saved_pipeline, _ = load_config(run_dir)
         history = yaml.safe_load((run_dir / "metrics.json").read_text())["stages"]
-        assert saved_pipeline == "bigs" and sum(stage["steps"] for stage in history.values()) == 3
+        assert saved_pipeline == "bigs" and sum(stage["steps"] for stage in history.values()) == 4
         return
     config.steps = 2
     if pipeline == "dprecon":

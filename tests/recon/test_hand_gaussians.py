@@ -103,3 +103,45 @@ def test_poses_start_at_their_initial_values_and_train_as_groups():
     means, quats = transform_gaussians(torch.eye(3), torch.tensor([[1.0, 0, 0, 0]] * 3), R[0], tr[0] + 1)
     assert torch.allclose(means, R[0].T + 1, atol=1e-6)
     assert torch.allclose(quat_to_matrix(quats), R[0].expand(3, 3, 3), atol=1e-5)
+
+
+def test_view_colors_are_seen_in_the_triangle_frame():
+    """Degree 0 is the plain colour; at degree 1 the colour follows gsplat's basis along the view direction
+    in each triangle's frame, so it is unchanged when the hand and the camera move together, and the left
+    hand seen from the mirrored camera shows the right hand's colours."""
+    from recon.parametric.hand_gaussians import triangle_frames
+
+    models = hand_models("anny")
+    right = models["right"]
+    flat = HandGaussians(right.faces, right.v_template, per_face=1)
+    rest = right.v_template[None]
+    eye = torch.tensor([0.05, 0.3, 0.4])
+    assert torch.equal(flat.view_colors(rest, eye)[0], flat.colors)
+    gauss = HandGaussians(right.faces, right.v_template, per_face=1, sh_degree=1)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        gauss.shN.copy_(0.3 * torch.randn(gauss.shN.shape, generator=g))
+    colors = gauss.view_colors(rest, eye)[0]
+    # by hand: the view direction in the triangle's frame, gsplat's degree-1 basis
+    means, _, _ = gauss.deform(rest)
+    _, frames, _ = triangle_frames(rest, gauss.faces)
+    d = torch.einsum("nji,nj->ni", frames[0, gauss.face_ids], means[0] - eye)
+    x, y, z = torch.nn.functional.normalize(d, dim=-1).unbind(-1)
+    C0, C1 = 0.28209479177387814, 0.4886025119029199
+    sh = gauss.shN
+    expected = C0 * gauss.sh0[:, 0] + C1 * (
+        -y[:, None] * sh[:, 0] + z[:, None] * sh[:, 1] - x[:, None] * sh[:, 2]
+    )
+    assert torch.allclose(colors, (expected + 0.5).clamp_min(0), atol=1e-5)
+    # rigid motion of hand and camera together: the same colours; the camera alone: others
+    R = axis_angle_to_matrix(torch.tensor([0.4, -1.1, 0.7]))
+    t = torch.tensor([0.1, -0.2, 0.3])
+    moved = gauss.view_colors(rest @ R.T + t, R @ eye + t)[0]
+    assert torch.allclose(moved, colors, atol=1e-5)
+    assert (gauss.view_colors(rest, R @ eye + t)[0] - colors).abs().max() > 0.05
+    # the left hand, mirrored pose, seen from the mirrored camera
+    go, hp = torch.tensor([[0.3, -0.5, 0.2]]), 0.2 * torch.randn(1, 45, generator=g)
+    r = right(go, hp).vertices
+    left = models["left"](mirror_axis_angle(go), mirror_axis_angle(hp)).vertices
+    lc = gauss.view_colors(left, mirror_points(eye[None])[0], "left")
+    assert torch.allclose(lc, gauss.view_colors(r, eye), atol=1e-4)
