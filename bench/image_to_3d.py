@@ -216,6 +216,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--view-prior", default="", help="the view-conditioned prior (default: the preset's, embedded)"
+    )
+    parser.add_argument(
         "--out", type=Path, default=None,
         help="keep the runs here, with a PNG per object and variant (truth over prediction); default: a "
         "temporary folder",
@@ -228,6 +231,8 @@ def main() -> None:
     from recon.presets import load_preset
 
     _, base = load_preset("dreamcraft3d")
+    if args.view_prior:
+        base = replace(base, view_prior=args.view_prior)
     rows, seconds = [], []
     with tempfile.TemporaryDirectory() as scratch:
         tmp = str(args.out) if args.out is not None else scratch
