@@ -140,13 +140,16 @@ class HandGaussians(torch.nn.Module):
     def colors(self) -> Tensor:  # [N, 3]
         return sh_to_rgb(self.sh0[:, 0]).clamp(0, 1)
 
-    def view_colors(self, vertices: Tensor, camera_center: Tensor, side: str = "right") -> Tensor:
+    def view_colors(
+        self, vertices: Tensor, camera_center: Tensor, side: str = "right", means: Tensor | None = None
+    ) -> Tensor:
         """RGB ``[B, N, 3]`` seen from ``camera_center [3]`` on posed meshes ``[B, V, 3]`` (:attr:`colors`
         at ``sh_degree`` 0), the view direction taken in each Gaussian's triangle frame (mirrored for
-        ``left``)."""
+        ``left``). ``means``: :meth:`deform`'s means on these meshes, when the caller has them."""
         if self.sh_degree == 0:
             return self.colors[None].expand(vertices.shape[0], -1, -1)
-        means, _, _ = self.deform(vertices, side)
+        if means is None:
+            means, _, _ = self.deform(vertices, side)
         _, frames, _ = triangle_frames(vertices, self.faces)
         R = frames[:, self.face_ids]  # [B, N, 3, 3]
         local = (R.transpose(-1, -2) @ (means - camera_center)[..., None])[..., 0]

@@ -268,9 +268,10 @@ class BigsScene:
             else:
                 gauss = self.hand_gaussians(subject)
                 verts = self.hand_output(subject, t).vertices
-                means, quats, scales = (x[0] for x in gauss.deform(verts, subject))
+                posed = gauss.deform(verts, subject)
+                means, quats, scales = (x[0] for x in posed)
                 opac = torch.sigmoid(gauss.opacities)
-                rgb = gauss.view_colors(verts, camera_center.to(verts), subject)[0]
+                rgb = gauss.view_colors(verts, camera_center.to(verts), subject, means=posed[0])[0]
             ids = torch.zeros(means.shape[0], 3).to(means)
             ids[:, s] = 1.0
             parts.append((means, quats, scales, opac, torch.cat([rgb, ids], -1)))
@@ -606,7 +607,6 @@ def build_trainer(scene: BigsScene, train_frames: list[int], run_dir: Path) -> T
         "joint", config.joint_steps, sampler, renderer(("right", "left", "object")),
         joint_losses + align.terms(), train=("poses", "object_poses"),
     )  # fmt: skip
-
     appearance = tuple(g for g in hand_groups if g != "poses") + ("object",)
     refit = Stage(
         "refit", config.refit_steps, sampler, renderer(("right", "left", "object")),
@@ -704,9 +704,12 @@ def evaluate(scene: BigsScene, frames: list[int]) -> dict[str, float]:
         targets = {"_masked": (white, scene.seq.images[t] * union + (1 - union))}
         if gt_background is not None:
             targets[""] = (torch.tensor(gt_background, dtype=torch.float32), scene.seq.images[t])
+        renders: dict[tuple[float, ...], Tensor] = {}  # one render per distinct background
         for suffix, (background, target) in targets.items():
-            rgb, _, _ = scene.render(t, ("right", "left", "object"), background)
-            pred = rgb.cpu().clamp(0, 1)
+            key = tuple(background.tolist())
+            if key not in renders:
+                renders[key] = scene.render(t, ("right", "left", "object"), background)[0].cpu().clamp(0, 1)
+            pred = renders[key]
             out["psnr" + suffix].append(psnr(pred[None], target[None]))
             out["ssim" + suffix].append(float(ssim(pred[None], target[None])))
     if gt_background is None:
